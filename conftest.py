@@ -1,0 +1,46 @@
+"""Test-session setup shared by the unit tests and the notebook tests (nbval).
+
+It lives at the repository root so that it also applies to ``chapters/``.
+nbval's kernels inherit this process's environment, so the scale and the
+plotting backend are set here, before any kernel starts.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import Counter
+
+import pytest
+
+os.environ.setdefault("DROPLAB_SCALE", "smoke")
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+# Notebooks run at test time write their run records to a scratch folder, so a
+# test run never reuses (or leaves behind) records of an earlier run.
+os.environ.setdefault("DROPLAB_RESULTS", tempfile.mkdtemp(prefix="droplab-results-"))
+
+_notebooks: set[str] = set()
+_cells_passed: Counter[str] = Counter()
+
+
+def pytest_collectreport(report):
+    if report.nodeid.endswith(".ipynb"):
+        _notebooks.add(report.nodeid)
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and report.passed and ".ipynb::" in report.nodeid:
+        _cells_passed[report.nodeid.split("::")[0]] += 1
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A notebook that executed no cell fails the run instead of passing silently."""
+    if session.config.option.collectonly or session.config.option.keyword or exitstatus != 0:
+        return
+    idle = sorted(nb for nb in _notebooks if _cells_passed[nb] == 0)
+    if idle:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter:
+            reporter.write_line(f"FAILED: these notebooks executed no cell: {', '.join(idle)}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

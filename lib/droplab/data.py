@@ -1,0 +1,333 @@
+"""Data sets as uint8 image tensors, found offline first, checked by sha256.
+
+``load(name, split)`` returns a :class:`Split` ``(images, labels)`` with
+``images`` a ``uint8`` tensor of shape (N, C, H, W) and ``labels`` ``int64``.
+
+Where the files are looked for, in order:
+
+1. the folder in ``DROPLAB_DATA``;
+2. the repository's ``data/`` folder;
+3. system data-set folders (Debian's ``dataset-fashion-mnist`` installs
+   ``/usr/share/datasets/fashion-mnist``);
+4. a torchvision download into ``data/``, only when allowed
+   (``download=True`` or ``DROPLAB_DOWNLOAD=1``).
+
+Every file is checked against its sha256 before it is parsed; a missing,
+truncated or corrupt file stops with a message that names it and says how to
+get a good copy. The ``synthetic`` set is generated, for unit tests only.
+
+The second half of the module is the device-resident augmentation the fast
+training path uses (:func:`random_crop_flip`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO_DATA = Path(__file__).resolve().parents[2] / "data"
+SYSTEM_DIRS = (Path("/usr/share/datasets"), Path("/usr/local/share/datasets"))
+SPLITS = ("train", "test")
+
+
+class Split(NamedTuple):
+    """One split of a data set: uint8 images (N, C, H, W) and int64 labels (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A data set's files are nowhere on the lookup path."""
+
+
+class DataCorruptError(ValueError):
+    """A data set's file is truncated or does not match its sha256."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    num_classes: int
+    shape: tuple[int, int, int]
+    classes: tuple[str, ...]
+    folders: tuple[str, ...]       # sub-folder names searched in every data root
+    files: dict[str, str]          # file name -> sha256 (of the decompressed payload for .gz)
+    how_to_get: str
+
+
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+
+DATASETS: dict[str, DatasetInfo] = {
+    "fashion-mnist": DatasetInfo(
+        "fashion-mnist", 10, (1, 28, 28), FASHION_CLASSES,
+        folders=("fashion-mnist", "FashionMNIST/raw", "fashion_mnist"),
+        # sha256 of the uncompressed idx payloads: the same for the upstream .gz,
+        # Debian's recompressed .gz and torchvision's unpacked copies.
+        files={
+            "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        },
+        how_to_get=(
+            "On Debian/Ubuntu: `sudo apt-get install dataset-fashion-mnist` (offline-friendly, "
+            "installs /usr/share/datasets/fashion-mnist). Elsewhere: put the four *-ubyte.gz files "
+            "of Fashion-MNIST in data/fashion-mnist/ or in the folder named by DROPLAB_DATA, or allow "
+            "a download with DROPLAB_DOWNLOAD=1."
+        ),
+    ),
+    "cifar10": DatasetInfo(
+        "cifar10", 10, (3, 32, 32), CIFAR10_CLASSES,
+        folders=("cifar10", "cifar-10", ""),
+        files={"cifar-10-python.tar.gz": "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"},
+        how_to_get=(
+            "Put cifar-10-python.tar.gz (170 MB, from the CIFAR home page) in data/cifar10/ or in the "
+            "folder named by DROPLAB_DATA, or allow a download with DROPLAB_DOWNLOAD=1."
+        ),
+    ),
+    "cifar100": DatasetInfo(
+        "cifar100", 100, (3, 32, 32), tuple(f"class {i}" for i in range(100)),
+        folders=("cifar100", "cifar-100", ""),
+        files={"cifar-100-python.tar.gz": "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7"},
+        how_to_get=(
+            "Put cifar-100-python.tar.gz (161 MB, from the CIFAR home page) in data/cifar100/ or in the "
+            "folder named by DROPLAB_DATA, or allow a download with DROPLAB_DOWNLOAD=1."
+        ),
+    ),
+    "synthetic": DatasetInfo(
+        "synthetic", 10, (1, 28, 28), tuple(f"pattern {i}" for i in range(10)),
+        folders=(), files={}, how_to_get="generated on the fly; nothing to get",
+    ),
+}
+
+
+def info(name: str) -> DatasetInfo:
+    """What droplab knows about a data set: classes, shape, files and where to get them."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; valid names are {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def roots() -> list[Path]:
+    """The data roots searched, in order (``DROPLAB_DATA``, repo ``data/``, system folders)."""
+    out = []
+    if os.environ.get("DROPLAB_DATA"):
+        out.append(Path(os.environ["DROPLAB_DATA"]).expanduser())
+    out.append(REPO_DATA)
+    out.extend(SYSTEM_DIRS)
+    return out
+
+
+def _candidates(ds: DatasetInfo, file: str) -> list[Path]:
+    paths = []
+    for root in roots():
+        for folder in ds.folders:
+            base = root / folder if folder else root
+            paths += [base / file, base / (file + ".gz")] if not file.endswith(".gz") else [base / file]
+    return paths
+
+
+def _find(ds: DatasetInfo, file: str) -> Path | None:
+    return next((p for p in _candidates(ds, file) if p.is_file()), None)
+
+
+def _read_checked(path: Path, sha256: str, ds: DatasetInfo) -> bytes:
+    """The file's payload (decompressed if it is a .gz of an idx file), verified against ``sha256``."""
+    try:
+        raw = path.read_bytes()
+        payload = gzip.decompress(raw) if path.suffix == ".gz" and not path.name.endswith(".tar.gz") else raw
+    except (OSError, EOFError, gzip.BadGzipFile, ValueError) as exc:
+        raise DataCorruptError(
+            f"{path} could not be read ({exc.__class__.__name__}: {exc}); it is truncated or corrupt. "
+            f"Delete it and get a fresh copy. {ds.how_to_get}"
+        ) from exc
+    got = hashlib.sha256(payload).hexdigest()
+    if got != sha256:
+        raise DataCorruptError(
+            f"{path} does not match its sha256 checksum (expected {sha256}, got {got}); "
+            f"the file is truncated, corrupt or a different version, and will not be read. "
+            f"Delete it and get a fresh copy. {ds.how_to_get}"
+        )
+    return payload
+
+
+def _parse_idx(payload: bytes) -> np.ndarray:
+    ndim = payload[3]
+    dims = np.frombuffer(payload, dtype=">i4", count=ndim, offset=4)
+    return np.frombuffer(payload, dtype=np.uint8, offset=4 + 4 * ndim).reshape(tuple(int(d) for d in dims))
+
+
+def _download(ds: DatasetInfo) -> None:
+    import torchvision  # only needed for downloads
+
+    target = REPO_DATA
+    target.mkdir(parents=True, exist_ok=True)
+    if ds.name == "fashion-mnist":
+        for train in (True, False):
+            torchvision.datasets.FashionMNIST(str(target), train=train, download=True)
+    elif ds.name == "cifar10":
+        torchvision.datasets.CIFAR10(str(target / "cifar10"), download=True)
+    elif ds.name == "cifar100":
+        torchvision.datasets.CIFAR100(str(target / "cifar100"), download=True)
+
+
+def _locate(ds: DatasetInfo, download: bool) -> dict[str, Path]:
+    found = {f: _find(ds, f) for f in ds.files}
+    missing = [f for f, p in found.items() if p is None]
+    if missing and download:
+        try:
+            _download(ds)
+        except Exception as exc:  # network errors come in many types
+            raise DataNotFoundError(
+                f"{ds.name}: the files {', '.join(missing)} are not on this machine and the download "
+                f"failed ({exc.__class__.__name__}: {exc}). {ds.how_to_get}"
+            ) from exc
+        found = {f: _find(ds, f) for f in ds.files}
+        missing = [f for f, p in found.items() if p is None]
+    if missing:
+        searched = sorted({str(p.parent) for f in missing for p in _candidates(ds, f)})
+        raise DataNotFoundError(
+            f"{ds.name}: cannot find {', '.join(missing)} (plain or .gz) in any of: {', '.join(searched)}. "
+            f"{ds.how_to_get}"
+        )
+    return found  # type: ignore[return-value]
+
+
+def _fingerprint(found: dict[str, Path]) -> tuple:
+    return tuple((f, str(p), p.stat().st_mtime_ns, p.stat().st_size) for f, p in sorted(found.items()))
+
+
+@lru_cache(maxsize=8)
+def _read_split(name: str, split: str, fingerprint: tuple) -> Split:
+    """Parse ``split`` from the files in ``fingerprint`` (cached per file version)."""
+    ds = info(name)
+    found = {f: Path(p) for f, p, _, _ in fingerprint}
+    if name == "fashion-mnist":
+        prefix = "train" if split == "train" else "t10k"
+        images = _parse_idx(_read_checked(found[f"{prefix}-images-idx3-ubyte"],
+                                          ds.files[f"{prefix}-images-idx3-ubyte"], ds))
+        labels = _parse_idx(_read_checked(found[f"{prefix}-labels-idx1-ubyte"],
+                                          ds.files[f"{prefix}-labels-idx1-ubyte"], ds))
+        return Split(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
+    (file, sha), = ds.files.items()
+    archive = _read_checked(found[file], sha, ds)  # verified before unpickling
+    members = ["test"] if name == "cifar100" and split == "test" else (
+        ["train"] if name == "cifar100" else
+        ["test_batch"] if split == "test" else [f"data_batch_{i}" for i in range(1, 6)])
+    key = "fine_labels" if name == "cifar100" else "labels"
+    xs, ys = [], []
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        for member in tar.getmembers():
+            if Path(member.name).name in members:
+                batch = pickle.load(tar.extractfile(member), encoding="latin1")  # noqa: S301 (checksummed)
+                xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                ys.append(np.asarray(batch[key], dtype=np.int64))
+    return Split(torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)))
+
+
+def load(name: str, split: str = "train", *, download: bool | None = None) -> Split:
+    """Load ``split`` (``"train"`` or ``"test"``) of data set ``name``.
+
+    Names: ``"fashion-mnist"``, ``"cifar10"``, ``"cifar100"``, ``"synthetic"``.
+    Returns fresh tensors (safe to modify); files are read once per process.
+    """
+    info(name)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r} for {name}; valid splits are {', '.join(SPLITS)}")
+    if download is None:
+        download = os.environ.get("DROPLAB_DOWNLOAD", "") not in ("", "0", "false", "no")
+    if name == "synthetic":
+        return synthetic(split)
+    cached = _read_split(name, split, _fingerprint(_locate(info(name), bool(download))))
+    return Split(cached.images.clone(), cached.labels.clone())
+
+
+def available(name: str) -> bool:
+    """Whether ``name`` can be loaded offline, without a download (its files exist and check out)."""
+    try:
+        load(name, "test", download=False)
+    except (DataNotFoundError, DataCorruptError):
+        return False
+    return True
+
+
+def synthetic(split: str = "train", n: int | None = None, num_classes: int = 10, seed: int = 0) -> Split:
+    """A small, generated, learnable image set for unit tests (1x28x28, 10 classes).
+
+    Each class is a fixed random smooth pattern; samples add a random shift,
+    contrast and pixel noise. Train and test are disjoint draws (different seeds).
+    """
+    n = n if n is not None else (2000 if split == "train" else 500)
+    gen = torch.Generator().manual_seed(seed)
+    protos = torch.rand(num_classes, 1, 7, 7, generator=gen)
+    protos = F.interpolate(protos, size=(28, 28), mode="bilinear", align_corners=False)
+    gen_split = torch.Generator().manual_seed(seed + (1 if split == "train" else 2))
+    labels = torch.randint(0, num_classes, (n,), generator=gen_split)
+    contrast = 0.6 + 0.8 * torch.rand(n, 1, 1, 1, generator=gen_split)
+    x = protos[labels] * contrast + 0.25 * torch.randn(n, 1, 28, 28, generator=gen_split)
+    shifts = torch.randint(-2, 3, (n, 2), generator=gen_split)
+    x = torch.stack([torch.roll(img, shifts=(int(s[0]), int(s[1])), dims=(1, 2)) for img, s in zip(x, shifts)])
+    images = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    return Split(images, labels.long())
+
+
+def subset(split: Split, n: int, seed: int = 0, balanced: bool = True) -> Split:
+    """``n`` samples of ``split`` drawn without replacement, class-balanced by default."""
+    if n >= len(split.labels):
+        return split
+    gen = torch.Generator().manual_seed(seed)
+    if not balanced:
+        idx = torch.randperm(len(split.labels), generator=gen)[:n]
+    else:
+        classes = split.labels.unique()
+        per = [n // len(classes) + (1 if i < n % len(classes) else 0) for i in range(len(classes))]
+        idx = torch.cat([
+            torch.nonzero(split.labels == c).flatten()[torch.randperm(int((split.labels == c).sum()), generator=gen)[:k]]
+            for c, k in zip(classes, per)
+        ])
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+    return Split(split.images[idx], split.labels[idx])
+
+
+# ----------------------------------------------------------------------------
+# Device-resident augmentation (the fast path of droplab.train)
+# ----------------------------------------------------------------------------
+
+def random_crop_flip(x: torch.Tensor, pad: int = 2, flip: bool = True, mode: str = "reflect",
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random crop (after padding by ``pad``) and horizontal flip, drawn per sample.
+
+    One batched gather on the tensor's device: every image gets its own offset
+    and its own coin flip. ``mode`` is ``"reflect"`` or ``"zeros"`` padding.
+    """
+    if mode not in ("reflect", "zeros"):
+        raise ValueError(f"unknown padding mode {mode!r}; valid modes are reflect, zeros")
+    n, c, h, w = x.shape
+    dev = x.device
+    if pad > 0:
+        padded = F.pad(x, (pad, pad, pad, pad), mode="reflect" if mode == "reflect" else "constant")
+        off = torch.randint(0, 2 * pad + 1, (2, n), device=dev, generator=generator)
+        rows = (off[0].view(n, 1, 1) + torch.arange(h, device=dev).view(1, h, 1)).expand(n, h, w)
+        cols = (off[1].view(n, 1, 1) + torch.arange(w, device=dev).view(1, 1, w)).expand(n, h, w)
+        flat = (rows * (w + 2 * pad) + cols).view(n, 1, h * w).expand(n, c, h * w)
+        x = padded.reshape(n, c, -1).gather(2, flat).view(n, c, h, w)
+    if flip:
+        coin = torch.rand(n, device=dev, generator=generator) < 0.5
+        x = torch.where(coin.view(n, 1, 1, 1), x.flip(-1), x)
+    return x

@@ -1,0 +1,96 @@
+"""Reproducibility: which device to run on, seeding everything, provenance records."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import random
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def device(prefer: str | None = None) -> torch.device:
+    """The device to compute on: CUDA, then Apple's MPS, then the CPU.
+
+    ``prefer`` (or the environment variable ``DROPLAB_DEVICE``) forces one,
+    e.g. ``"cpu"`` to compare with a GPU run.
+    """
+    prefer = prefer or os.environ.get("DROPLAB_DEVICE")
+    if prefer:
+        dev = torch.device(prefer)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device {prefer!r} was asked for, but torch sees no CUDA GPU here; use 'cpu'.")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> torch.Generator:
+    """Seed Python, NumPy and torch (all devices) and set the cuDNN flags.
+
+    With ``deterministic`` cuDNN picks deterministic kernels and no autotuning,
+    so a run repeats on the same machine; without it cuDNN may benchmark and
+    pick the fastest kernels (``paper`` scale sweeps do that). Returns a torch
+    generator seeded with ``seed`` for code that wants its own stream.
+    """
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return gen
+
+
+def git_commit(repo: str | Path | None = None) -> str | None:
+    """The commit of the checkout (with ``+dirty`` if it has changes), or None outside git."""
+    cwd = Path(repo) if repo else Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("+dirty" if dirty else "")
+
+
+def device_name(dev: torch.device | None = None) -> str:
+    """A readable name of the device: the GPU model, or the CPU and its core count."""
+    dev = dev or device()
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    if dev.type == "mps":
+        return "Apple MPS"
+    return f"{platform.processor() or platform.machine()} CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def provenance(dev: torch.device | None = None) -> dict[str, Any]:
+    """Where and how a result was computed: commit, versions, device, date (UTC)."""
+    dev = dev or device()
+    return {
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "device": str(dev),
+        "device_name": device_name(dev),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,164 @@
+"""Tests of the book itself: notebook pairs, table of contents, dependencies, build and rendering."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+import yaml
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = ROOT / "chapters"
+SOURCES = sorted(p for p in CHAPTERS.glob("*.py") if "# %%" in p.read_text())
+BUILD = ROOT / "_build" / "smoke"
+
+
+def cells(path: Path) -> list[tuple[str, str]]:
+    notebook = jupytext.read(path)
+    return [(c.cell_type, c.source.strip()) for c in notebook.cells]
+
+
+def test_there_are_chapters():
+    assert len(SOURCES) >= 1
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_chapter_pair_is_in_sync(source):
+    twin = source.with_suffix(".ipynb")
+    assert twin.exists(), f"{source.name} has no .ipynb twin: run `jupytext --to ipynb {source}`"
+    assert cells(source) == cells(twin), f"{twin.name} differs from {source.name}: run `jupytext --sync {source}`"
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_ipynb_twin_is_committed_without_outputs(source):
+    notebook = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
+    stored = [i for i, c in enumerate(notebook.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
+    assert not stored, f"{source.with_suffix('.ipynb').name} stores outputs in cells {stored}"
+
+
+def toc_files() -> list[str]:
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    found = [toc["root"]]
+
+    def walk(entries):
+        for entry in entries or []:
+            if "file" in entry:
+                found.append(entry["file"])
+            walk(entry.get("sections"))
+            for part in entry.get("parts", []):
+                walk(part.get("chapters"))
+
+    walk(toc.get("chapters"))
+    for part in toc.get("parts", []):
+        walk(part.get("chapters"))
+    return found
+
+
+def test_every_toc_entry_exists():
+    for entry in toc_files():
+        matches = [p for p in (ROOT / f"{entry}{ext}" for ext in (".py", ".md", ".ipynb")) if p.exists()]
+        assert matches, f"_toc.yml lists {entry}, but no {entry}.py/.md exists"
+
+
+def test_every_chapter_notebook_is_in_the_toc():
+    listed = set(toc_files())
+    for source in SOURCES:
+        entry = str(source.relative_to(ROOT).with_suffix(""))
+        assert entry in listed, f"{source.name} is not listed in _toc.yml"
+
+
+def pyproject_requirements() -> dict[str, Requirement]:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = list(project["dependencies"])
+    for extra in ("book", "test"):
+        reqs += project["optional-dependencies"][extra]
+    return {Requirement(r).name.lower(): Requirement(r) for r in reqs}
+
+
+def test_environment_yml_installs_what_pyproject_declares():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    conda = [d for d in env["dependencies"] if isinstance(d, str)]
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert {re.split(r"[=<> ]", d)[0] for d in conda} <= {"python", "pip"}, \
+        "conda section installs packages that pyproject.toml does not declare; add them to pyproject or drop them"
+    assert any(line.replace(" ", "") in ('-e.[book,test]', '-e".[book,test]"') for line in pip), \
+        "environment.yml must install the project with its book and test extras"
+    declared = pyproject_requirements()
+    for line in pip:
+        if line.startswith("-"):
+            continue
+        req = Requirement(line)
+        assert req.name.lower() in declared, f"environment.yml pins {req.name}, which pyproject.toml does not declare"
+        for spec in req.specifier:
+            if spec.operator == "==":
+                assert declared[req.name.lower()].specifier.contains(spec.version), \
+                    f"environment.yml pins {line}, outside pyproject.toml's {declared[req.name.lower()]}"
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def build_book() -> Path:
+    """Build the book at smoke scale into _build/smoke (notebook execution is cached)."""
+    env = dict(os.environ, DROPLAB_SCALE="smoke")
+    cmd = [sys.executable, "-m", "jupyter_book", "build", str(ROOT), "--path-output", str(BUILD),
+           "-W", "--keep-going"]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, f"the book build failed or warned:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return BUILD / "_build" / "html"
+
+
+@pytest.fixture(scope="module")
+def html() -> Path:
+    return build_book()
+
+
+@pytest.mark.book
+def test_book_builds_without_warnings(html):
+    assert (html / "index.html").exists()
+    assert (html / "_static" / "mathjax" / "tex-chtml.js").exists(), "MathJax must be served locally, not from a CDN"
+    pages = list((html / "chapters").glob("*.html"))
+    assert len(pages) >= len(SOURCES)
+    for page in pages:
+        assert "cdn.jsdelivr.net/npm/mathjax" not in page.read_text(), f"{page.name} loads MathJax from a CDN"
+
+
+@pytest.mark.book
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_chapter_renders_in_a_browser(html, source, tmp_path):
+    browser = chromium()
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing; .ci/run installs it (apt-get install chromium)")
+        pytest.skip("chromium is not installed")
+    page = html / "chapters" / f"{source.stem}.html"
+    assert page.exists(), f"{page} was not built"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=15000",
+             "--window-size=1280,2000"]
+    shot = tmp_path / "page.png"
+    dom = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    subprocess.run([browser, *flags, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
+    text = dom.stdout
+    assert "<h1" in text and "</h1>" in text, "the page has no title"
+    assert re.search(r'<img[^>]+src="[^"]*(_images|data:image)', text), "the page shows no figure"
+    assert "<mjx-container" in text, "MathJax did not typeset the math"
+    body = re.sub(r"<script.*?</script>", "", text, flags=re.S)
+    body = re.sub(r"<[^>]+>", "", body)
+    assert "\\(" not in body and "\\[" not in body and "$$" not in body, "raw LaTeX left in the rendered page"
+    import matplotlib.image as mpimg
+
+    pixels = mpimg.imread(shot)
+    assert pixels.std() > 0.05, "the screenshot is blank"
