@@ -1,0 +1,322 @@
+"""Dropout written from scratch (chapter 1).
+
+Notation. The library follows PyTorch: ``p`` is the probability of
+**dropping** a unit. Kim et al. (UAI 2023) write *p* for the **keep**
+probability; the book writes ``q = 1 - p`` for it. Every formula quoted from
+the paper is rewritten with ``q``.
+
+What is here:
+
+- :func:`mask`, :func:`dropout`, :class:`Dropout`: the three scaling rules
+  (inverted; classic weight scaling at test time from Srivastava et al. 2014;
+  and "none", the bug of forgetting to scale);
+- :class:`SpatialDropout`: drop whole channels (Tompson et al. 2015);
+- MC dropout (Gal & Ghahramani 2016): :func:`enable_dropout`,
+  :func:`mc_dropout`, :func:`mc_predict`, :func:`predictive_entropy`,
+  :func:`mutual_information`;
+- :func:`expected_output_variance`: Kim et al. Eq. 6, the train-mode variance
+  of dropout's output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Scaling = Literal["inverted", "classic", "none"]
+SCALINGS: tuple[str, ...] = ("inverted", "classic", "none")
+
+
+def check_p(p: float) -> float:
+    """Return ``p`` if it is a valid drop probability, else raise a ValueError.
+
+    Valid: ``0 <= p < 1`` (``p = 1`` would drop everything and make ``1/q``
+    infinite).
+    """
+    arr = np.asarray(p, dtype=float)
+    if arr.size == 0 or not np.all(np.isfinite(arr)) or np.any(arr < 0) or np.any(arr >= 1):
+        raise ValueError(
+            f"p is the probability of DROPPING a unit (PyTorch convention) and must lie in "
+            f"[0, 1), i.e. 0 <= p < 1; got {p!r}. Kim et al. write p for the keep probability: "
+            f"if you have a keep probability q, pass p = 1 - q."
+        )
+    return p
+
+
+def _check_scaling(scaling: str) -> str:
+    if scaling not in SCALINGS:
+        raise ValueError(f"scaling must be one of {', '.join(map(repr, SCALINGS))}; got {scaling!r}")
+    return scaling
+
+
+def mask(
+    shape: tuple[int, ...] | torch.Size,
+    p: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """A dropout mask of 0s and 1s: each entry is 1 (kept) with probability ``q = 1 - p``.
+
+    This is the diagonal of Kim et al.'s matrix **M** (Definition 1), with
+    ``m_ii ~ Bernoulli(q)``.
+    """
+    check_p(p)
+    keep = torch.full(tuple(shape), 1.0 - p, dtype=dtype, device=device)
+    return torch.bernoulli(keep, generator=generator)
+
+
+def dropout(
+    x: torch.Tensor,
+    p: float,
+    training: bool = True,
+    scaling: Scaling = "inverted",
+    generator: torch.Generator | None = None,
+    mask: torch.Tensor | None = None,
+    return_mask: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+    """Dropout with drop probability ``p`` and keep probability ``q = 1 - p``.
+
+    ==========  =============  ===========
+    scaling     training       evaluation
+    ==========  =============  ===========
+    inverted    ``x * M / q``  ``x``        (PyTorch; Kim et al. Eqs. 1-2)
+    classic     ``x * M``      ``x * q``    (Srivastava et al. 2014, weight scaling)
+    none        ``x * M``      ``x``        (the bug: the scaling was forgotten)
+    ==========  =============  ===========
+
+    ``mask`` passes an explicit 0/1 mask (any shape that broadcasts against
+    ``x``), so the same **M** can be applied twice, e.g. to check that ReLU and
+    dropout commute (Kim et al. Proposition 1, Eq. 7). With ``return_mask``
+    the mask used (None in evaluation) is returned as well.
+    """
+    check_p(p)
+    _check_scaling(scaling)
+    q = 1.0 - p
+    if not training:
+        y = x * q if scaling == "classic" else x
+        return (y, None) if return_mask else y
+    m = _mask_for(x, p, generator) if mask is None else mask.to(dtype=x.dtype, device=x.device)
+    y = x * m
+    if scaling == "inverted":
+        y = y / q
+    return (y, m) if return_mask else y
+
+
+def _mask_for(x: torch.Tensor, p: float, generator: torch.Generator | None) -> torch.Tensor:
+    # a generator lives on one device; draw there, then move
+    if generator is not None and generator.device != x.device:
+        return mask(x.shape, p, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
+    return mask(x.shape, p, generator=generator, device=x.device, dtype=x.dtype)
+
+
+class Dropout(nn.Module):
+    """Dropout from scratch; behaves like :class:`torch.nn.Dropout` with ``scaling="inverted"``.
+
+    ``scaling`` picks the rule of :func:`dropout` (inverted, classic, none).
+    In ``train()`` mode it samples a new mask every call; in ``eval()`` mode it
+    applies the evaluation rule. Srivastava et al. 2014.
+    """
+
+    def __init__(self, p: float = 0.5, scaling: Scaling = "inverted", generator: torch.Generator | None = None):
+        super().__init__()
+        self.p = check_p(p)
+        self.scaling = _check_scaling(scaling)
+        self.generator = generator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training, self.scaling, generator=self.generator)  # type: ignore[return-value]
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, scaling={self.scaling!r}"
+
+
+class SpatialDropout(nn.Module):
+    """Spatial dropout: drop whole channels of an (N, C, ...) tensor (Tompson et al. 2015).
+
+    One mask entry per (sample, channel), broadcast over the spatial
+    positions; inverted scaling (divide by ``q`` during training), like
+    :class:`torch.nn.Dropout2d`.
+    """
+
+    def __init__(self, p: float = 0.5, generator: torch.Generator | None = None):
+        super().__init__()
+        self.p = check_p(p)
+        self.generator = generator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if x.dim() < 3:
+            raise ValueError(f"SpatialDropout expects (N, C, ...) with spatial dims; got shape {tuple(x.shape)}")
+        shape = tuple(x.shape[:2]) + (1,) * (x.dim() - 2)
+        dev = self.generator.device if self.generator is not None else x.device
+        m = mask(shape, self.p, generator=self.generator, device=dev, dtype=x.dtype).to(x.device)
+        return x * m / (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+# --------------------------------------------------------------------------- MC dropout
+
+
+def mask_seed(seed: int) -> int:
+    """The seed of the dropout-mask stream derived from ``seed``.
+
+    Masks must not come from the same stream as the data: ``torch.manual_seed(0)``
+    before drawing the inputs and again before drawing the masks makes the
+    masks correlated with the inputs (a real pitfall: Delta of dropout alone
+    came out 0.59 instead of 0.44). Mixing the seed avoids it.
+    """
+    return (seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % (2**63)
+
+
+DROPOUT_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+    Dropout,
+    SpatialDropout,
+)
+
+
+def is_dropout(module: nn.Module) -> bool:
+    """True for PyTorch's dropout layers and this module's :class:`Dropout` / :class:`SpatialDropout`."""
+    return isinstance(module, DROPOUT_TYPES)
+
+
+def dropout_modules(model: nn.Module) -> list[nn.Module]:
+    """All dropout layers inside ``model`` (including ``model`` itself)."""
+    return [m for m in model.modules() if is_dropout(m)]
+
+
+def enable_dropout(model: nn.Module) -> list[nn.Module]:
+    """Switch ONLY the dropout layers of ``model`` to train mode; return them.
+
+    Everything else keeps its mode. Calling ``model.train()`` for MC dropout
+    is the BN trap: batch normalization would switch to batch statistics too.
+    """
+    layers = dropout_modules(model)
+    for m in layers:
+        m.train()
+    return layers
+
+
+def set_dropout(model: nn.Module, active: bool) -> None:
+    """Put only the dropout layers of ``model`` in train (``active``) or eval mode."""
+    for m in dropout_modules(model):
+        m.train(active)
+
+
+@contextlib.contextmanager
+def keep_modes(model: nn.Module) -> Iterator[nn.Module]:
+    """Context manager: restore the train/eval mode of every submodule on exit."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+@contextlib.contextmanager
+def mc_dropout(model: nn.Module) -> Iterator[nn.Module]:
+    """Context manager for MC dropout (Gal & Ghahramani 2016).
+
+    Inside: the model is in eval mode (BN uses its running statistics) except
+    for the dropout layers, which sample masks. On exit every submodule is
+    back in the mode it had.
+    """
+    with keep_modes(model):
+        model.eval()
+        enable_dropout(model)
+        yield model
+
+
+def mc_predict(
+    model: nn.Module,
+    x: torch.Tensor,
+    T: int,
+    batch_size: int | None = None,
+    seed: int | None = None,
+) -> torch.Tensor:
+    """``T`` stochastic forward passes with dropout on (Gal & Ghahramani 2016).
+
+    Returns softmax probabilities of shape (T, N, K). ``batch_size`` splits
+    ``x`` into chunks to bound memory; ``seed`` makes the masks repeat
+    without touching the global random state.
+    """
+    if T < 1:
+        raise ValueError(f"T (number of MC samples) must be >= 1; got {T}")
+    dev = next((t.device for t in model.parameters()), x.device)
+    x = x.to(dev)
+    chunks = [x] if batch_size is None else list(torch.split(x, batch_size))
+    fork = torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []) if seed is not None else contextlib.nullcontext()
+    with fork, mc_dropout(model), torch.no_grad():
+        if seed is not None:
+            torch.manual_seed(mask_seed(seed))
+        out = [torch.cat([F.softmax(model(c), dim=-1) for c in chunks]) for _ in range(T)]
+    return torch.stack(out)
+
+
+def predictive_entropy(probs: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Entropy ``-sum_k p_k log p_k`` (nats) of predictive probabilities, e.g. ``mc_predict(...).mean(0)``."""
+    return -(probs * torch.log(probs.clamp_min(1e-12))).sum(dim)
+
+
+def mutual_information(probs: torch.Tensor) -> torch.Tensor:
+    """BALD mutual information from MC samples of shape (T, N, K), in nats.
+
+    ``H[mean_t p_t] - mean_t H[p_t]``: the part of the predictive entropy due
+    to disagreement between dropout masks (model uncertainty).
+    """
+    if probs.dim() != 3:
+        raise ValueError(f"expected MC probabilities of shape (T, N, K); got {tuple(probs.shape)}")
+    return predictive_entropy(probs.mean(0)) - predictive_entropy(probs).mean(0)
+
+
+# --------------------------------------------------------------------------- Eq. 6
+
+
+def expected_output_variance(var_x, mean_x, p):  # noqa: ANN001,ANN201 (float, array or tensor)
+    """Train-mode variance of inverted dropout's output, Kim et al. Eq. 6 with ``q = 1 - p``:
+
+        Var[Dropout_train(x)] = Var[x] / q + (1 - q) / q * E[x]**2
+
+    At evaluation the variance is ``Var[x]``. Works on floats, arrays and tensors.
+    """
+    check_p(p)
+    q = 1.0 - p
+    return var_x / q + (1.0 - q) / q * mean_x**2
+
+
+__all__ = [
+    "SCALINGS",
+    "DROPOUT_TYPES",
+    "check_p",
+    "mask",
+    "dropout",
+    "Dropout",
+    "SpatialDropout",
+    "is_dropout",
+    "dropout_modules",
+    "enable_dropout",
+    "set_dropout",
+    "keep_modes",
+    "mc_dropout",
+    "mask_seed",
+    "mc_predict",
+    "predictive_entropy",
+    "mutual_information",
+    "expected_output_variance",
+]
