@@ -1,0 +1,203 @@
+"""Training throughput of droplab's fast path against a plain PyTorch loop.
+
+    python -m droplab.bench                          # sizes for the machine at hand
+    python -m droplab.bench --model preresnet56 --input 32 --images 50000 --json bench.json
+
+Both paths train the same network from the same weights on the same random
+images, in the same process:
+
+- **fast**: :func:`droplab.train.fit` (data on the device, batched crop+flip,
+  no per-step host sync; bf16 autocast, channels_last and fused SGD on CUDA);
+- **reference**: a ``DataLoader`` over a ``TensorDataset`` with per-sample
+  torchvision v2 transforms (RandomCrop with padding, RandomHorizontalFlip),
+  fp32, eager, ``loss.item()`` every step, as in the PyTorch tutorials.
+
+Throughput is images per second over one epoch after a warm-up epoch. On CUDA
+the achieved TFLOP/s (``torch.utils.flop_counter.FlopCounterMode`` on one
+training step) is compared with the GPU's dense bf16 peak where known.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+import sys
+import time
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Dense bf16 tensor-core peaks in TFLOP/s, by a substring of the device name.
+PEAK_TFLOPS: dict[str, float] = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
+
+
+def peak_tflops(name: str) -> float | None:
+    """The device's dense bf16 peak (TFLOP/s), or None if unknown."""
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def _depth(model: str) -> int:
+    m = re.fullmatch(r"preresnet(\d+)", model)
+    if not m:
+        raise ValueError(f"unknown model {model!r}; valid models are preresnet8, preresnet20, preresnet56 "
+                         f"(any preresnet<6n+2>)")
+    return int(m.group(1))
+
+
+class TransformedTensorDataset(torch.utils.data.TensorDataset):
+    """A ``TensorDataset`` of uint8 images whose images pass through ``transform`` one by one."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Any):
+        super().__init__(images, labels)
+        self.transform = transform
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = super().__getitem__(i)
+        return self.transform(x), y
+
+
+def reference_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                    pad: int, stats: tuple[list[float], list[float]], dev: torch.device,
+                    workers: int = 0, max_batches: int | None = None) -> tuple[float, int]:
+    """One epoch of the plain loop; returns (seconds, images trained on)."""
+    from torchvision.transforms import v2
+
+    size = images.shape[-1]
+    tf = v2.Compose([v2.RandomCrop(size, padding=pad, padding_mode="reflect"), v2.RandomHorizontalFlip(),
+                     v2.ToDtype(torch.float32, scale=True), v2.Normalize(*stats)])
+    loader = torch.utils.data.DataLoader(TransformedTensorDataset(images, labels, tf), batch_size=batch_size,
+                                         shuffle=True, drop_last=True, num_workers=workers)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    model.train()
+    seen, running = 0, 0.0
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for b, (x, y) in enumerate(loader):
+        if max_batches is not None and b >= max_batches:
+            break
+        x, y = x.to(dev), y.to(dev)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        running += loss.item()
+        seen += len(y)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, seen
+
+
+def step_flops(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """FLOPs of one training step (forward and backward) counted by FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+            out = model(x)
+        F.cross_entropy(out.float(), y).backward()
+    model.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def run(model: str = "preresnet8", input_size: int = 28, images: int = 512, batch_size: int = 128,
+        width: int = 16, device: str | None = None, compile: bool = False, workers: int = 0,
+        seed: int = 0) -> dict[str, Any]:
+    """Measure both paths; returns a dict with images/s of each, their ratio and, on CUDA, TFLOP/s.
+
+    ``input_size`` 28 means 1-channel images (Fashion-MNIST-like), 32 means
+    3-channel (CIFAR-like); the images are random, labels random in 10 classes.
+    """
+    from droplab import models, repro, train
+
+    if input_size not in (28, 32):
+        raise ValueError(f"input size {input_size!r} is not supported; valid sizes are 28, 32")
+    if images < 2 * batch_size:
+        raise ValueError(f"need at least two batches: images ({images}) >= 2 * batch_size ({batch_size})")
+    dev = repro.device(device)
+    channels = 1 if input_size == 28 else 3
+    pad = 2 if input_size == 28 else 4
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (images, channels, input_size, input_size), dtype=torch.uint8, generator=gen)
+    y = torch.randint(0, 10, (images,), generator=gen)
+    torch.manual_seed(seed)
+    net = models.PreResNet(_depth(model), in_channels=channels, width=width)
+    ref_net = copy.deepcopy(net).to(dev)
+    stats = train.input_stats(x)
+
+    # fast path: two epochs of fit, the second one timed (the first warms up kernels / compiles)
+    hist = train.fit(net, (x, y), None, 2, batch_size=batch_size, lr=0.05, warmup_epochs=0, pad=pad,
+                     device=dev, compile=compile, progress=False, seed=seed)
+    per_epoch = (images // batch_size) * batch_size
+    fast_ips = per_epoch / hist.seconds[-1]
+
+    # reference: a warm-up of two batches, then one timed epoch
+    reference_epoch(ref_net, x, y, batch_size, pad, stats, dev, workers, max_batches=2)
+    secs, seen = reference_epoch(ref_net, x, y, batch_size, pad, stats, dev, workers)
+    ref_ips = seen / secs
+
+    out: dict[str, Any] = {
+        "model": model, "width": width, "input": f"{channels}x{input_size}x{input_size}", "images": images,
+        "batch_size": batch_size, "compile": compile, "workers": workers,
+        "num_parameters": models.num_parameters(net),
+        "fast_images_per_s": fast_ips, "reference_images_per_s": ref_ips, "ratio": fast_ips / ref_ips,
+        "device": str(dev), "device_name": repro.device_name(dev),
+    }
+    if dev.type == "cuda":
+        xb = train.to_device((x[:batch_size], y[:batch_size]), dev, stats)
+        flops = step_flops(net.train(), xb[0].contiguous(memory_format=torch.channels_last), xb[1])
+        achieved = flops / batch_size * fast_ips / 1e12
+        peak = peak_tflops(out["device_name"])
+        out.update(flops_per_image=flops / batch_size, achieved_tflops=achieved, peak_tflops=peak,
+                   fraction_of_peak=achieved / peak if peak else None)
+    out["provenance"] = repro.provenance(dev)
+    return out
+
+
+def format_result(r: dict[str, Any]) -> str:
+    lines = [f"{r['model']} (width {r['width']}, {r['num_parameters']:,} parameters), input {r['input']}, "
+             f"{r['images']} images, batch {r['batch_size']}, on {r['device_name']}",
+             f"{'path':<34} {'images/s':>12}",
+             f"{'fast (droplab.train.fit)':<34} {r['fast_images_per_s']:>12,.0f}",
+             f"{'reference (DataLoader, v2, fp32)':<34} {r['reference_images_per_s']:>12,.0f}",
+             f"{'ratio fast / reference':<34} {r['ratio']:>12.2f}"]
+    if "achieved_tflops" in r:
+        peak = f"{r['peak_tflops']:.0f}" if r["peak_tflops"] else "unknown"
+        frac = f" ({100 * r['fraction_of_peak']:.1f}% of peak)" if r["fraction_of_peak"] else ""
+        lines.append(f"{'fast path TFLOP/s (bf16 peak ' + peak + ')':<34} {r['achieved_tflops']:>12.1f}{frac}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cuda = torch.cuda.is_available()
+    ap = argparse.ArgumentParser(prog="python -m droplab.bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="preresnet20" if cuda else "preresnet8",
+                    help="preresnet8, preresnet20, preresnet56 (any preresnet<6n+2>)")
+    ap.add_argument("--input", type=int, default=32 if cuda else 28, help="28 (1 channel) or 32 (3 channels)")
+    ap.add_argument("--images", type=int, default=50000 if cuda else 512)
+    ap.add_argument("--batch-size", type=int, default=512 if cuda else 128)
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader workers of the reference loop")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the fast path")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--json", default=None, help="write the result to this file")
+    args = ap.parse_args(argv)
+    try:
+        r = run(args.model, args.input, args.images, args.batch_size, args.width, args.device,
+                args.compile, args.workers)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_result(r))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

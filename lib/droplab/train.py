@@ -1,0 +1,340 @@
+"""Training and evaluation: one code path for the CPU and the GPU.
+
+The recipe is airbench's fast path without the tricks that would themselves
+regularize (no label smoothing, EMA or test-time augmentation: this book
+measures dropout):
+
+- the data set lives on the device as one normalised float tensor
+  (per-channel mean and std of the *train* split);
+- random crop and horizontal flip are drawn per sample in one batched op on
+  the device (:func:`droplab.data.random_crop_flip`); shuffling is a device
+  ``randperm``;
+- no host synchronisation per step: loss and accuracy are summed in device
+  tensors and read once per epoch;
+- SGD with Nesterov momentum (fused on CUDA), linear warm-up then cosine or
+  linear decay, per step; bf16 autocast and channels_last on CUDA only;
+  ``torch.compile`` on request.
+
+A loss that turns NaN or infinite ends the run and the history says
+``diverged=True``; a sweep goes on with the next run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from droplab import data as _data
+from droplab import repro, scale
+
+EPS = 1e-12
+
+
+# ----------------------------------------------------------------------------
+# The loss: cross-entropy on logits, or NLL on probabilities (H7)
+# ----------------------------------------------------------------------------
+
+def outputs_probabilities(model: nn.Module) -> bool:
+    """Whether ``model`` returns probabilities (dropout at H7, after the softmax)."""
+    inner = getattr(model, "_orig_mod", model)   # a torch.compile wrapper
+    return bool(getattr(inner, "outputs_probabilities", False))
+
+
+def criterion(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The training loss for ``model``, averaged over the batch.
+
+    Cross-entropy on the logits, or, for a model whose head ends in softmax and
+    then dropout (H7, Kim et al. Section 2.4), ``-log(y_hat_c)`` of the dropped
+    probabilities (clamped at 1e-12 so a dropped correct class gives a large but
+    finite loss).
+    """
+    if outputs_probabilities(model):
+        return lambda out, y: F.nll_loss(torch.log(out.float().clamp_min(EPS)), y)
+    return lambda out, y: F.cross_entropy(out.float(), y)
+
+
+# ----------------------------------------------------------------------------
+# Data on the device
+# ----------------------------------------------------------------------------
+
+def _unpack(d: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(d, (tuple, list)) and len(d) == 2:
+        return d[0], d[1]
+    raise TypeError(f"expected a droplab.data.Split or an (images, labels) tuple, got {type(d).__name__}")
+
+
+def input_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images (N, C, H, W), on the [0, 1] scale."""
+    x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+    return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
+
+
+def to_device(d: Any, dev: torch.device, stats: tuple[Sequence[float], Sequence[float]] | None = None,
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images as a normalised float tensor and labels, on ``dev``.
+
+    uint8 images are scaled to [0, 1] and normalised with ``stats`` (mean, std);
+    float images are taken as already normalised.
+    """
+    images, labels = _unpack(d)
+    x = images.to(dev, non_blocking=True)
+    if x.dtype == torch.uint8:
+        x = x.float().div_(255)
+        if stats is not None:
+            mean = torch.tensor(stats[0], device=dev).view(1, -1, 1, 1)
+            std = torch.tensor(stats[1], device=dev).view(1, -1, 1, 1)
+            x = (x - mean) / std
+    return x.float(), labels.to(dev, non_blocking=True).long()
+
+
+# ----------------------------------------------------------------------------
+# History
+# ----------------------------------------------------------------------------
+
+@dataclass
+class History:
+    """Per-epoch metrics of one run: mean train loss and accuracy (with dropout and
+    augmentation on), test loss and accuracy (NaN on epochs not evaluated), and
+    the wall time of each epoch, evaluation included. ``diverged`` says the loss
+    became NaN or infinite and the run stopped there."""
+
+    train_loss: list[float] = field(default_factory=list)
+    train_acc: list[float] = field(default_factory=list)
+    test_loss: list[float] = field(default_factory=list)
+    test_acc: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    diverged: bool = False
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.train_loss)
+
+    @property
+    def final_test_acc(self) -> float:
+        """The last evaluated test accuracy (NaN if none, or if the run diverged)."""
+        if self.diverged:
+            return math.nan
+        done = [a for a in self.test_acc if not math.isnan(a)]
+        return done[-1] if done else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; non-finite numbers become None."""
+        fix = lambda v: [x if math.isfinite(x) else None for x in v]  # noqa: E731
+        out = {k: fix(v) if isinstance(v, list) else v for k, v in asdict(self).items()}
+        out["epochs_run"] = self.epochs_run
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "History":
+        back = lambda v: [math.nan if x is None else float(x) for x in v]  # noqa: E731
+        return cls(**{k: back(d[k]) for k in ("train_loss", "train_acc", "test_loss", "test_acc", "seconds")},
+                   diverged=bool(d.get("diverged", False)))
+
+
+# ----------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str = "cosine") -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up over ``warmup`` steps,
+    then cosine (``0.5 (1 + cos(pi t))``) or linear (``1 - t``) decay to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * t)) if schedule == "cosine" else max(0.0, 1 - t)
+
+
+def _show_progress(progress: bool) -> bool:
+    """tqdm bars stay quiet at smoke scale and under pytest."""
+    return progress and scale.current() != "smoke" and "PYTEST_CURRENT_TEST" not in os.environ
+
+
+def fit(model: nn.Module, train: Any, test: Any | None, epochs: int, *, batch_size: int = 128,
+        lr: float = 0.1, momentum: float = 0.9, nesterov: bool = True, weight_decay: float = 5e-4,
+        warmup_epochs: float = 1.0, schedule: str = "cosine", augment: bool = True, pad: int = 2,
+        flip: bool = True, pad_mode: str = "reflect", seed: int = 0, device: str | torch.device | None = None,
+        compile: bool = False, progress: bool = True, eval_every: int = 1,
+        deterministic: bool = True) -> History:
+    """Train ``model`` with SGD on ``train`` for ``epochs`` and return its :class:`History`.
+
+    ``train``/``test`` are :class:`droplab.data.Split` (uint8) or (images, labels)
+    tuples. The model moves to ``device`` (default :func:`droplab.repro.device`).
+    The train split's per-channel mean/std normalise both splits and are kept on
+    the model as ``model.input_stats`` for :func:`evaluate` and :func:`predict`.
+    Warm-up lasts ``warmup_epochs`` (at most half the run). Each epoch uses
+    ``len(train) // batch_size`` full batches of a fresh permutation (BN needs
+    more than one sample per batch). The same seed on the same machine gives
+    the same history (``deterministic=False`` lets cuDNN pick the fastest,
+    non-deterministic kernels); weights are initialised by the caller.
+    """
+    if schedule not in ("cosine", "linear"):
+        raise ValueError(f"unknown schedule {schedule!r}; valid schedules are cosine, linear")
+    if epochs < 1 or batch_size < 2 or eval_every < 1:
+        raise ValueError(f"need epochs >= 1, batch_size >= 2 and eval_every >= 1, got {epochs}, {batch_size}, {eval_every}")
+    dev = torch.device(device) if device is not None else repro.device()
+    repro.seed_everything(seed, deterministic=deterministic)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    on_cuda = dev.type == "cuda"
+
+    stats = input_stats(_unpack(train)[0])
+    model.input_stats = stats  # type: ignore[assignment]
+    x_train, y_train = to_device(train, dev, stats)
+    test_on_dev = to_device(test, dev, stats) if test is not None else None   # normalised once
+    n = len(y_train)
+    bs = min(batch_size, n)
+    steps = n // bs
+    total = steps * epochs
+    warmup = min(round(warmup_epochs * steps), total // 2)
+
+    model.to(dev)
+    if on_cuda:
+        model.to(memory_format=torch.channels_last)
+    net = torch.compile(model) if compile else model
+    loss_fn = criterion(model)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=nesterov,
+                          weight_decay=weight_decay, **({"fused": True} if on_cuda else {}))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, schedule))
+
+    hist = History()
+    from tqdm.auto import tqdm
+    bar = tqdm(range(epochs), desc="epochs", unit="epoch", leave=False, disable=not _show_progress(progress))
+    for epoch in bar:
+        t0 = time.perf_counter()
+        model.train()
+        perm = torch.randperm(n, device=dev, generator=gen)
+        loss_sum = torch.zeros((), device=dev)
+        correct = torch.zeros((), device=dev, dtype=torch.long)
+        for i in range(steps):
+            idx = perm[i * bs:(i + 1) * bs]
+            x, y = x_train[idx], y_train[idx]
+            if augment:
+                x = _data.random_crop_flip(x, pad=pad, flip=flip, mode=pad_mode, generator=gen)
+            if on_cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=on_cuda):
+                out = net(x)
+            loss = loss_fn(out, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (out.detach().argmax(1) == y).sum()
+        seen = steps * bs
+        train_loss = loss_sum.item() / seen            # the one host sync of the epoch
+        hist.train_loss.append(train_loss)
+        hist.train_acc.append(correct.item() / seen)
+        if not math.isfinite(train_loss):
+            hist.diverged = True
+        last = epoch == epochs - 1 or hist.diverged
+        if test_on_dev is not None and (last or (epoch + 1) % eval_every == 0) and not hist.diverged:
+            tl, ta = evaluate(net, test_on_dev, device=dev)
+        else:
+            tl, ta = math.nan, math.nan
+        hist.test_loss.append(tl)
+        hist.test_acc.append(ta)
+        hist.seconds.append(time.perf_counter() - t0)
+        if not math.isnan(ta):
+            bar.set_postfix(test_acc=f"{ta:.4f}")
+        if hist.diverged:
+            break
+    bar.close()
+    model.eval()
+    return hist
+
+
+# ----------------------------------------------------------------------------
+# Evaluation, prediction, BN recalibration
+# ----------------------------------------------------------------------------
+
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _stats_for(model: nn.Module, d: Any, stats: Any) -> Any:
+    if stats is not None:
+        return stats
+    inner = getattr(model, "_orig_mod", model)
+    return getattr(inner, "input_stats", None) or input_stats(_unpack(d)[0])
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: Any, batch_size: int = 1024, *, stats: Any = None,
+            device: torch.device | None = None) -> torch.Tensor:
+    """The model's outputs on ``data`` in eval mode (logits, or probabilities for
+    H7 models), as a float tensor on the model's device. Restores the model's mode."""
+    dev = device or _model_device(model)
+    x_all, _ = to_device(data, dev, _stats_for(model, data, stats))
+    was_training = model.training
+    model.eval()
+    outs = []
+    for i in range(0, len(x_all), batch_size):
+        x = x_all[i:i + batch_size]
+        if dev.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            outs.append(model(x).float())
+    model.train(was_training)
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Any, batch_size: int = 1024, *, stats: Any = None,
+             device: torch.device | None = None) -> tuple[float, float]:
+    """Mean loss (as :func:`criterion`) and accuracy of ``model`` on ``data``, in eval mode.
+
+    uint8 images are normalised with ``stats``, else with ``model.input_stats``
+    (set by :func:`fit`), else with the data's own statistics.
+    """
+    dev = device or _model_device(model)
+    out = predict(model, data, batch_size, stats=stats, device=dev)
+    y = _unpack(data)[1].to(dev).long()
+    loss = criterion(model)(out, y).item()
+    return loss, (out.argmax(1) == y).float().mean().item()
+
+
+def _is_dropout(m: nn.Module) -> bool:
+    return isinstance(m, nn.modules.dropout._DropoutNd) or "dropout" in type(m).__name__.lower()
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, data: Any, batch_size: int = 256, num_batches: int | None = None,
+                   *, stats: Any = None) -> nn.Module:
+    """Re-estimate every BN layer's running mean and variance with dropout off.
+
+    The running statistics are reset and recomputed as a cumulative average
+    (``momentum=None``) over ``num_batches`` batches (default: all of ``data``),
+    with BN in train mode and every dropout layer in eval mode: the statistics
+    the test-time network actually sees (the variance shift of Li et al. 2019,
+    Kim et al. Definition 2). Momentum is restored and the model left in eval mode.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    dev = _model_device(model)
+    x_all, _ = to_device(data, dev, _stats_for(model, data, stats))
+    momenta = [m.momentum for m in bns]
+    model.train()
+    for m in model.modules():
+        if _is_dropout(m):
+            m.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    try:
+        for b, i in enumerate(range(0, len(x_all), batch_size)):
+            if num_batches is not None and b >= num_batches:
+                break
+            if len(x_all[i:i + batch_size]) > 1:          # BN needs two samples
+                model(x_all[i:i + batch_size])
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        model.eval()
+    return model

@@ -1,0 +1,45 @@
+"""droplab.bench: both training paths run and report a throughput ratio."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from droplab import bench
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The test machine's cores are shared: one thread avoids OpenMP oversubscription."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_bench_reports_images_per_second_of_both_paths_and_their_ratio():
+    r = bench.run("preresnet8", input_size=28, images=64, batch_size=16, width=4, device="cpu")
+    assert r["fast_images_per_s"] > 0 and r["reference_images_per_s"] > 0
+    assert r["ratio"] == pytest.approx(r["fast_images_per_s"] / r["reference_images_per_s"])
+    assert "achieved_tflops" not in r                     # FLOP/s only on CUDA
+    json.dumps(r)
+    assert "ratio fast / reference" in bench.format_result(r)
+
+
+def test_bench_32_pixel_inputs_have_three_channels():
+    r = bench.run("preresnet8", input_size=32, images=32, batch_size=16, width=4, device="cpu")
+    assert r["input"] == "3x32x32"
+
+
+def test_bench_bad_arguments_say_what_is_valid():
+    with pytest.raises(ValueError, match="preresnet20, preresnet56"):
+        bench.run("resnet18")
+    with pytest.raises(ValueError, match="28, 32"):
+        bench.run(input_size=64)
+
+
+def test_known_peaks():
+    assert bench.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert bench.peak_tflops("NVIDIA GeForce GTX 1080") is None

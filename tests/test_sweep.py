@@ -1,0 +1,154 @@
+"""droplab.sweep: a killed sweep resumes, shards partition the work, tables report mean +- 95% CI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from droplab import sweep
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The test machine's cores are shared: one thread avoids OpenMP oversubscription."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+CMD = [sys.executable, "-m", "droplab.sweep", "run", "residual", "--scale", "smoke", "--dataset", "synthetic",
+       "--seeds", "2", "--only", "none,P6"]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "DROPLAB_SCALE": "smoke", "DROPLAB_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
+
+
+def test_a_sweep_killed_mid_run_resumes_with_one_complete_record_per_run(tmp_path):
+    folder = tmp_path / "residual" / "smoke" / "synthetic"
+    proc = subprocess.Popen(CMD + ["--results", str(tmp_path)], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not list(folder.glob("*.json")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the sweep finished before it could be killed"
+    first = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.json")}
+    assert 1 <= len(first) < 4
+
+    # what a crash can leave behind: a half-written record and a temporary file
+    todo = sorted({"none-seed0.json", "none-seed1.json", "P6-seed0.json", "P6-seed1.json"} - set(first))
+    (folder / todo[0]).write_text('{"status": "complete", "config": {"na')
+    (folder / f".{todo[-1]}.12345.tmp").write_text("{")
+
+    rerun = subprocess.run(CMD + ["--results", str(tmp_path)], env=_env(), capture_output=True, text=True,
+                           timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    files = sorted(p.name for p in folder.iterdir())
+    assert files == ["P6-seed0.json", "P6-seed1.json", "none-seed0.json", "none-seed1.json"]
+    for name in files:
+        rec = json.loads((folder / name).read_text())
+        assert rec["status"] == "complete" and f"{rec['config']['name']}-seed{rec['seed']}.json" == name
+        assert rec["provenance"]["torch"] and rec["history"]["epochs_run"] == 1
+    assert all((folder / n).stat().st_mtime_ns == t for n, t in first.items())   # finished runs not redone
+    assert len(sweep.load_records("residual", "smoke", "synthetic", tmp_path)) == 4
+
+
+def test_shards_partition_the_runs():
+    everything = sweep.plan("head", seeds=3)
+    shards = [sweep.plan("head", seeds=3, shard=f"{i}/4") for i in range(4)]
+    keys = [{r.key for r in s} for s in shards]
+    assert set().union(*keys) == {r.key for r in everything}
+    assert sum(len(k) for k in keys) == len(everything)
+    assert len(everything) == 3 * len(sweep.get("head").configs)
+
+
+def test_the_plan_runs_all_configs_of_a_seed_first():
+    runs = sweep.plan("residual", seeds=2, only=["P6", "none"])
+    assert [r.key for r in runs] == ["none-seed0", "P6-seed0", "none-seed1", "P6-seed1"]
+
+
+def _record(config: str, seed: int, acc: float | None, baseline: str = "none") -> dict:
+    return {"status": "complete", "config": {"name": config, "baseline": baseline}, "seed": seed,
+            "final_test_acc": acc, "history": {"diverged": acc is None}}
+
+
+def test_table_mean_and_95_ci_on_known_numbers():
+    records = [_record("none", s, a) for s, a in enumerate((0.90, 0.92, 0.94))]
+    records += [_record("P6", s, a) for s, a in enumerate((0.93, 0.95, 0.97))]
+    rows = {r.config: r for r in sweep.table(records)}
+    # s = 0.02, n = 3: half-width = t_{0.975,2} * 0.02 / sqrt(3) = 4.303 * 0.011547
+    assert rows["none"].n == 3 and rows["none"].mean == pytest.approx(0.92)
+    assert rows["none"].ci95 == pytest.approx(4.303 * 0.02 / math.sqrt(3))
+    assert rows["P6"].diff == pytest.approx(0.03)
+    assert rows["none"].diff == pytest.approx(0.0)
+
+
+def test_one_seed_gives_no_ci_and_says_so():
+    rows = sweep.table([_record("none", 0, 0.9)])
+    assert math.isnan(rows[0].ci95)
+    assert "n/a (n=1)" in sweep.format_table(rows)
+
+
+def test_diverged_runs_are_counted_not_averaged():
+    rows = {r.config: r for r in sweep.table([_record("P7", 0, None), _record("P7", 1, 0.8)])}
+    assert rows["P7"].n == 1 and rows["P7"].diverged == 1 and rows["P7"].mean == pytest.approx(0.8)
+
+
+def test_t_quantiles():
+    assert sweep.t975(1) == pytest.approx(12.706)
+    assert sweep.t975(30) == pytest.approx(2.042)
+    assert sweep.t975(60) == pytest.approx(2.000, abs=0.002)
+    assert sweep.t975(120) == pytest.approx(1.980, abs=0.002)
+    assert sweep.t975(10**6) == pytest.approx(1.960, abs=0.001)
+
+
+def test_partial_or_temporary_files_are_never_read_as_records(tmp_path):
+    folder = sweep.record_dir("head", "smoke", "synthetic", tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "none-seed0.json").write_text('{"status": "complete"')         # truncated
+    (folder / "H4-seed0.json").write_text(json.dumps({**_record("H4", 0, 0.5), "status": "running"}))
+    (folder / ".H5-seed0.json.1.tmp").write_text(json.dumps(_record("H5", 0, 0.5)))
+    sweep.write_atomic(folder / "H6-seed0.json", _record("H6", 0, 0.5))
+    assert [r["config"]["name"] for r in sweep.load_records("head", "smoke", "synthetic", tmp_path)] == ["H6"]
+
+
+@pytest.mark.parametrize("call, says", [
+    (lambda: sweep.get("residuals"), "residual, residual-56, head"),
+    (lambda: sweep.plan("residual", only=["P9"]), "none, P0, P1"),
+    (lambda: sweep.parse_shard("2/2"), "0 <= i < n"),
+    (lambda: sweep.parse_shard("first"), "i/n"),
+    (lambda: sweep.run("residual", scale="huge"), "smoke, class, paper"),
+])
+def test_bad_names_say_what_is_valid(call, says):
+    with pytest.raises(ValueError) as err:
+        call()
+    assert says in str(err.value)
+
+
+def test_cli_lists_experiments_and_rejects_bad_names(capsys):
+    assert sweep.main(["list"]) == 0
+    assert "residual" in capsys.readouterr().out
+    assert sweep.main(["run", "nope"]) == 2
+    assert "valid experiments are" in capsys.readouterr().err
+
+
+def test_python_api_runs_and_tables_a_small_sweep(tmp_path):
+    records = sweep.run("head", scale="smoke", seeds=1, only=["none", "H4"], dataset="synthetic",
+                        results_dir=tmp_path, device="cpu")
+    assert [r["config"]["name"] for r in records] == ["none", "H4"]
+    rows = sweep.table(records)
+    assert [r.config for r in rows] == ["none", "H4"] and all(0 <= r.mean <= 1 for r in rows)
+    assert sweep.main(["table", "head", "--scale", "smoke", "--dataset", "synthetic",
+                       "--results", str(tmp_path)]) == 0
+    assert (Path(sweep.record_dir("head", "smoke", "synthetic", tmp_path)) / "table.csv").is_file()

@@ -1,0 +1,144 @@
+"""droplab.train: the fast training path learns, repeats, survives divergence, recalibrates BN."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from droplab import data, models, train
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The test machine's cores are shared: one thread avoids OpenMP oversubscription."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return data.synthetic("train", n=1024), data.synthetic("test", n=256)
+
+
+def small_resnet(**kw) -> nn.Module:
+    torch.manual_seed(0)
+    return models.PreResNet(8, in_channels=1, width=4, **kw)
+
+
+def test_fit_learns_the_synthetic_set(synthetic):
+    torch.manual_seed(0)
+    model = models.MLP(hidden=(64,))
+    hist = train.fit(model, *synthetic, epochs=2, batch_size=64, lr=0.05, warmup_epochs=0.2,
+                     flip=False, device="cpu", progress=False)
+    assert hist.epochs_run == 2 and not hist.diverged
+    assert hist.final_test_acc > 0.5                      # chance is 0.1
+    assert hist.test_acc[-1] == pytest.approx(train.evaluate(model, synthetic[1])[1])
+
+
+def test_same_seed_gives_the_same_history(synthetic):
+    small = data.subset(synthetic[0], 256), data.subset(synthetic[1], 128)
+    runs = [train.fit(small_resnet(dropout_at="P6"), *small, epochs=1, batch_size=64, seed=3,
+                      device="cpu", progress=False).to_dict() for _ in range(2)]
+    for r in runs:
+        r.pop("seconds")
+    assert runs[0] == runs[1]
+
+
+def test_a_diverging_run_is_reported_not_raised(synthetic):
+    small = data.subset(synthetic[0], 256), data.subset(synthetic[1], 128)
+    hist = train.fit(small_resnet(), *small, epochs=3, batch_size=64, lr=1e6, warmup_epochs=0,
+                     device="cpu", progress=False)
+    assert hist.diverged and hist.epochs_run < 3
+    assert math.isnan(hist.final_test_acc)
+    json.dumps(hist.to_dict(), allow_nan=False)          # a record can still be written
+
+
+class MakesNaN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(784, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1)) * float("nan")
+
+
+def test_a_model_producing_nan_is_reported_as_diverged(synthetic):
+    hist = train.fit(MakesNaN(), *synthetic, epochs=2, device="cpu", progress=False)
+    assert hist.diverged and hist.epochs_run == 1
+
+
+def test_recalibrate_bn_measures_statistics_with_dropout_off():
+    # Dropout -> BN: with dropout on, BN would see a variance inflated by about 1/(1-p) (Li et al. 2019).
+    model = nn.Sequential(nn.Dropout(0.5), nn.BatchNorm2d(3))
+    x = torch.randn(512, 3, 4, 4) * 2 + 1
+    labels = torch.zeros(512, dtype=torch.long)
+    model[1].momentum = 0.3
+    train.recalibrate_bn(model, (x, labels), batch_size=128)
+    bn = model[1]
+    assert bn.momentum == 0.3 and not model.training
+    assert torch.allclose(bn.running_mean, x.mean(dim=(0, 2, 3)), atol=1e-4)
+    assert torch.allclose(bn.running_var, x.var(dim=(0, 2, 3)), rtol=0.02)   # ~4, not ~10
+
+
+def test_recalibrate_bn_changes_the_running_stats_of_a_network(synthetic):
+    model = small_resnet(dropout_at="P6")
+    before = model.blocks[0].branch[0].running_mean.clone()
+    train.recalibrate_bn(model, synthetic[0], num_batches=2)
+    assert not torch.equal(before, model.blocks[0].branch[0].running_mean)
+    assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def test_random_crop_flip_draws_per_sample():
+    x = torch.arange(16.0).view(1, 1, 4, 4).repeat(32, 1, 1, 1)   # 32 copies of one image
+    out = data.random_crop_flip(x, pad=2, generator=torch.Generator().manual_seed(0))
+    assert len({tuple(o.flatten().tolist()) for o in out}) > 5      # different offsets/flips in one batch
+
+
+def test_h7_loss_is_the_negative_log_of_the_dropped_probabilities():
+    model = models.PreResNet(8, head_dropout_at="H7")
+    probs = torch.tensor([[0.7, 0.3], [0.0, 1.2]])
+    y = torch.tensor([0, 0])
+    loss = train.criterion(model)(probs, y)
+    assert loss.item() == pytest.approx((-math.log(0.7) - math.log(train.EPS)) / 2, rel=1e-5)
+    assert torch.isfinite(loss)                    # a dropped correct class: large, finite
+
+
+def test_other_models_use_cross_entropy_on_logits():
+    logits = torch.randn(5, 10)
+    y = torch.randint(0, 10, (5,))
+    loss = train.criterion(models.PreResNet(8, head_dropout_at="H5"))(logits, y)
+    assert loss.item() == pytest.approx(F.cross_entropy(logits, y).item())
+
+
+def test_fit_trains_an_h7_model(synthetic):
+    small = data.subset(synthetic[0], 256), data.subset(synthetic[1], 128)
+    hist = train.fit(small_resnet(head_dropout_at="H7", p=0.1), *small, epochs=1, batch_size=64,
+                     device="cpu", progress=False)
+    assert not hist.diverged and 0 <= hist.test_acc[0] <= 1
+
+
+def test_warm_up_then_cosine_decay_to_zero():
+    f = [train.lr_factor(s, 100, 10) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[9:], f[10:])) and f[-1] < 0.01
+    assert train.lr_factor(55, 100, 10, "linear") == pytest.approx(0.5)
+
+
+def test_eval_every_skips_test_epochs(synthetic):
+    small = data.subset(synthetic[0], 128), data.subset(synthetic[1], 64)
+    hist = train.fit(models.MLP(hidden=(8,)), *small, epochs=3, batch_size=64, eval_every=2,
+                     device="cpu", progress=False)
+    assert math.isnan(hist.test_acc[0]) and not math.isnan(hist.test_acc[1]) and not math.isnan(hist.test_acc[2])
+    assert train.History.from_dict(hist.to_dict()).epochs_run == 3
+
+
+def test_bad_schedule_says_what_is_valid(synthetic):
+    with pytest.raises(ValueError, match="cosine, linear"):
+        train.fit(models.MLP(hidden=(8,)), *synthetic, epochs=1, schedule="step", progress=False)
