@@ -93,3 +93,13 @@ def test_bars_with_ci_draw_bars_and_the_baseline() -> None:
     assert [t.get_text() for t in ax.get_xticklabels()] == names
     with pytest.raises(ValueError, match="one label per bar"):
         plots.bars_with_ci(ax, names[:3], [1.0, 2.0], None)
+
+
+@pytest.mark.parametrize("kind, arch", [("preresnet", "preresnet-basic"), ("bottleneck", "preresnet-bottleneck"),
+                                        ("resnetv1", "resnetv1")])
+def test_diagrams_name_the_positions_the_models_use(kind: str, arch: str) -> None:
+    from droplab import models
+
+    drawn = [t for t in plots.texts(plots.position_diagram(kind)) if t.startswith("P") and t[1:].isdigit()]
+    assert sorted(drawn) == sorted(models.POSITIONS[arch])
+    assert set(plots.GUIDELINE[kind]) >= {models.GUIDELINE_1[arch]}

@@ -215,19 +215,20 @@ _BRANCHES: dict[str, list[tuple[str, str]]] = {
     "head": [("Conv1x1", "weight"), ("BN", "bn"), ("act", "act"), ("GAP", "other"), ("FC", "weight"), ("softmax", "other")],
 }
 
-#: Default position names: the first is the block input (before the split), then one per arrow.
-#: PreResNet and the head follow Kim et al. Figures 2 and 4. The bottleneck and ResNetV1
-#: numbering is this book's extension; Guideline 1 lands at the last ReLU -> Conv arrow
-#: (bottleneck P9) and at the end of the ResNetV1 branch (P6).
+#: Default position names: the first is the block input (before the split), then one per arrow
+#: ("" for an arrow without a name). PreResNet and the head follow Kim et al. Figures 2 and 4;
+#: the bottleneck and ResNetV1 names are the book's extension and match ``droplab.models.POSITIONS``:
+#: P1-P3 around the first BN-ReLU, P4-P6 around the last, P7 after the last weight, so
+#: Guideline 1 is P6 in every architecture (the middle bottleneck stage has no names).
 DEFAULT_LABELS: dict[str, list[str]] = {
     "preresnet": [f"P{i}" for i in range(8)],
-    "bottleneck": [f"P{i}" for i in range(11)],
+    "bottleneck": ["P0", "P1", "P2", "P3", "", "", "", "P4", "P5", "P6", "P7"],
     "resnetv1": [f"P{i}" for i in range(7)],
     "head": [f"H{i}" for i in range(1, 8)],
 }
 GUIDELINE: dict[str, tuple[str, ...]] = {
     "preresnet": ("P5", "P6"),
-    "bottleneck": ("P9",),
+    "bottleneck": ("P6",),
     "resnetv1": ("P6",),
     "head": ("H3", "H4"),
 }
@@ -285,6 +286,8 @@ def position_diagram(
         ax.add_patch(FancyArrowPatch((xa, ya), (xb, yb), arrowstyle="-|>", mutation_scale=12, lw=1.2, color="black"))
 
     def pos_label(name: str, x: float, y: float) -> None:
+        if not name:
+            return
         on = name in hl
         ax.text(
             x, y + 0.22, name, ha="center", va="bottom", fontsize=9, fontweight="bold" if on else "normal",
