@@ -320,3 +320,240 @@ __all__ = [
     "mutual_information",
     "expected_output_variance",
 ]
+
+
+# --------------------------------------------------------------------------- chapter 1 support
+
+
+def replace_dropout(model: nn.Module, scaling: Scaling = "inverted") -> int:
+    """Replace every :class:`torch.nn.Dropout` inside ``model`` by this module's :class:`Dropout`.
+
+    The new layers keep the rate ``p`` and use ``scaling`` (``"inverted"``,
+    ``"classic"`` or ``"none"``), so a model from :mod:`droplab.models` can be
+    trained with the classic rule, or with the bug of forgetting the scaling
+    (chapter 1). Works in place (and on ``model`` itself if it is an
+    ``nn.Dropout``: then the count is 0, wrap it in a container first);
+    returns the number of layers replaced.
+    """
+    _check_scaling(scaling)
+    count = 0
+    for parent in model.modules():
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Dropout:
+                new = Dropout(child.p, scaling)
+                new.train(child.training)
+                setattr(parent, name, new)
+                count += 1
+    return count
+
+
+def set_scaling(model: nn.Module, scaling: Scaling) -> int:
+    """Set the scaling rule of every :class:`Dropout` inside ``model``; return how many were set.
+
+    Switching a model trained with ``"none"`` (the forgotten scaling) to
+    ``"classic"`` for evaluation is the repair: it multiplies by ``q`` at test time.
+    """
+    _check_scaling(scaling)
+    layers = [m for m in model.modules() if isinstance(m, Dropout)]
+    for m in layers:
+        m.scaling = scaling
+    return len(layers)
+
+
+def mc_outputs(model: nn.Module, x: torch.Tensor, T: int, seed: int | None = None) -> torch.Tensor:
+    """``T`` raw outputs (logits) of ``model`` on ``x`` with only its dropout layers on, shape (T, N, K).
+
+    Like :func:`mc_predict` without the softmax: the MC average of the logits
+    is what weight scaling approximates (Srivastava et al. 2014, Section 7.5).
+    ``seed`` fixes the masks without touching the global random state.
+    """
+    if T < 1:
+        raise ValueError(f"T (number of MC samples) must be >= 1; got {T}")
+    dev = next((t.device for t in model.parameters()), x.device)
+    x = x.to(dev)
+    fork = torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []) if seed is not None else contextlib.nullcontext()
+    with fork, mc_dropout(model), torch.no_grad():
+        if seed is not None:
+            torch.manual_seed(mask_seed(seed))
+        return torch.stack([model(x) for _ in range(T)])
+
+
+def mc_predict_train_mode(
+    model: nn.Module,
+    x: torch.Tensor,
+    T: int,
+    batch_size: int | None = None,
+    seed: int | None = None,
+) -> torch.Tensor:
+    """The BN trap, for demonstration: MC dropout done with ``model.train()``.
+
+    Same output as :func:`mc_predict` (softmax probabilities, (T, N, K)), but
+    every module is in train mode, so batch normalization normalizes each
+    chunk of ``batch_size`` inputs with that chunk's own statistics (the
+    prediction for one image depends on its batch companions) and updates its
+    running statistics as a side effect. The running statistics and modes are
+    restored afterwards, so the demonstration leaves the model as it was; real
+    code that calls ``model.train()`` does not. Use :func:`mc_predict`.
+    """
+    if T < 1:
+        raise ValueError(f"T (number of MC samples) must be >= 1; got {T}")
+    dev = next((t.device for t in model.parameters()), x.device)
+    x = x.to(dev)
+    chunks = [x] if batch_size is None else list(torch.split(x, batch_size))
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    fork = torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []) if seed is not None else contextlib.nullcontext()
+    try:
+        with fork, keep_modes(model), torch.no_grad():
+            model.train()
+            if seed is not None:
+                torch.manual_seed(mask_seed(seed))
+            out = [torch.cat([F.softmax(model(c), dim=-1) for c in chunks]) for _ in range(T)]
+    finally:
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+    return torch.stack(out)
+
+
+def neighbour_recovery(
+    features: torch.Tensor,
+    p: float,
+    spatial: bool = False,
+    generator: torch.Generator | None = None,
+) -> dict[str, float]:
+    """How much of what dropout removes from a feature map can be read back from the neighbours.
+
+    Drops elements of ``features`` (N, C, H, W) with probability ``p``: one
+    coin per element (``spatial=False``, ``nn.Dropout``) or one per channel
+    (``spatial=True``, ``nn.Dropout2d``, Tompson et al. 2015). Each dropped
+    element is then predicted from the average of its *kept* 4-neighbours in
+    the same channel and sample, by a per-channel least-squares line; an
+    element with no kept neighbour (always the case for spatial dropout) is
+    predicted by its channel's mean. Returns, as fractions of the total
+    variance of ``features`` around the channel means:
+
+    - ``"dropped"``: the variance in the dropped elements (about ``p``);
+    - ``"unrecoverable"``: the squared error left after the prediction, i.e.
+      the information the next layer cannot read back from the same channel;
+    - ``"recovered"``: ``1 - unrecoverable / dropped``, the R^2 of the prediction.
+
+    For spatial dropout ``unrecoverable`` equals ``dropped``; for element
+    dropout on spatially correlated maps it is much smaller.
+    """
+    check_p(p)
+    if features.dim() != 4:
+        raise ValueError(f"features must be (N, C, H, W); got shape {tuple(features.shape)}")
+    x = features.detach().to(torch.float64).cpu()
+    N, C, H, W = x.shape
+    shape = (N, C, 1, 1) if spatial else (N, C, H, W)
+    m = mask(shape, p, generator=generator, dtype=torch.float64).expand(N, C, H, W).contiguous()
+    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    kernel = kernel.view(1, 1, 3, 3).repeat(C, 1, 1, 1)
+    total = F.conv2d(x * m, kernel, padding=1, groups=C)
+    count = F.conv2d(m, kernel, padding=1, groups=C)
+    mu = x.mean((0, 2, 3), keepdim=True)
+    dropped = m == 0
+    usable = (dropped & (count > 0)).to(torch.float64)
+    a = torch.where(count > 0, total / count.clamp_min(1.0), mu.expand_as(x))
+    # per-channel least squares y = ym + b (a - am) over the usable elements
+    n_c = usable.sum((0, 2, 3), keepdim=True)
+    safe = n_c.clamp_min(1.0)
+    am = (a * usable).sum((0, 2, 3), keepdim=True) / safe
+    ym = (x * usable).sum((0, 2, 3), keepdim=True) / safe
+    cov = ((a - am) * (x - ym) * usable).sum((0, 2, 3), keepdim=True)
+    var = ((a - am) ** 2 * usable).sum((0, 2, 3), keepdim=True)
+    b = torch.where(var > 0, cov / var.clamp_min(1e-300), torch.zeros_like(var))
+    fitted = torch.where((usable > 0) & (n_c >= 3), ym + b * (a - am), mu.expand_as(x))
+    sst = ((x - mu) ** 2).sum()
+    lost = ((x - mu) ** 2 * dropped).sum()
+    sse = ((x - fitted) ** 2 * dropped).sum()
+    return {
+        "dropped": (lost / sst).item(),
+        "unrecoverable": (sse / sst).item(),
+        "recovered": (1.0 - sse / lost).item() if lost > 0 else 0.0,
+    }
+
+
+__all__ += ["replace_dropout", "set_scaling", "mc_outputs", "mc_predict_train_mode", "neighbour_recovery"]
+
+
+# --------------------------------------------------------------------------- chapter 2 support
+
+
+class UniformDropout(nn.Module):
+    """Li et al.'s (CVPR 2019) uniform-noise variant of dropout ("Uout"), in the form used by the book.
+
+    Training: ``x * (1 + r)`` with ``r ~ U(-beta, beta)`` drawn independently
+    for every element; evaluation: ``x``. The mean is kept (``E[r] = 0``) and
+    the multiplicative noise has variance ``beta**2 / 3`` (dropout's is
+    ``p / q``), so the training variance is :func:`uniform_dropout_variance`.
+    ``beta`` must lie in [0, 1] so that ``1 + r`` never changes the sign.
+    """
+
+    def __init__(self, beta: float = 0.1, generator: torch.Generator | None = None):
+        super().__init__()
+        if not 0.0 <= float(beta) <= 1.0:
+            raise ValueError(f"beta is the half-width of the uniform noise r ~ U(-beta, beta) and must lie in [0, 1]; got {beta!r}")
+        self.beta = float(beta)
+        self.generator = generator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.beta == 0:
+            return x
+        dev = self.generator.device if self.generator is not None else x.device
+        u = torch.rand(x.shape, generator=self.generator, device=dev, dtype=x.dtype).to(x.device)
+        return x * (1.0 + self.beta * (2.0 * u - 1.0))
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}"
+
+
+# is_dropout / set_dropout / keep_modes treat the uniform variant as a dropout layer too
+DROPOUT_TYPES = DROPOUT_TYPES + (UniformDropout,)
+
+
+def uniform_dropout_variance(var_x, mean_x, beta):  # noqa: ANN001,ANN201 (float, array or tensor)
+    """Train-mode variance of :class:`UniformDropout`'s output:
+
+        Var[x (1 + r)] = Var[x] + beta**2 / 3 * (Var[x] + E[x]**2)
+
+    the same form as dropout's Eq. 6 of Kim et al. written as
+    ``Var[x] + (p / q) (Var[x] + E[x]**2)``: only the noise variance differs.
+    """
+    return var_x + beta**2 / 3.0 * (var_x + mean_x**2)
+
+
+def matched_beta(p: float) -> float:
+    """The ``beta`` whose uniform noise has the variance of dropout's: ``beta**2 / 3 = p / q``.
+
+    Only defined up to ``p = 0.25`` (``beta = 1``); larger ``p`` raises a ValueError.
+    """
+    check_p(p)
+    beta = (3.0 * p / (1.0 - p)) ** 0.5
+    if beta > 1.0:
+        raise ValueError(f"dropout with p={p} has noise variance p/q={p / (1 - p):.3g}; uniform noise "
+                         f"U(-beta, beta) with beta <= 1 reaches at most 1/3 (p = 0.25)")
+    return beta
+
+
+def swap_dropout(model: nn.Module, make) -> int:  # noqa: ANN001 (make: Callable[[nn.Module], nn.Module])
+    """Replace every dropout layer inside ``model`` (see :func:`is_dropout`) by ``make(old_layer)``.
+
+    In place; the new layer takes the old one's train/eval mode. Returns the
+    number of layers replaced. Example (chapter 2): the dropout layers of a
+    CNN become uniform noise of matched strength::
+
+        swap_dropout(net, lambda old: UniformDropout(matched_beta(old.p)))
+    """
+    count = 0
+    for parent in model.modules():
+        for name, child in list(parent.named_children()):
+            if is_dropout(child):
+                new = make(child)
+                new.train(child.training)
+                setattr(parent, name, new)
+                count += 1
+    return count
+
+
+__all__ += ["UniformDropout", "uniform_dropout_variance", "matched_beta", "swap_dropout"]
