@@ -14,7 +14,6 @@ from collections import Counter
 import pytest
 
 os.environ.setdefault("DROPLAB_SCALE", "smoke")
-os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
 # Notebooks run at test time write their run records to a scratch folder, so a
 # test run never reuses (or leaves behind) records of an earlier run.

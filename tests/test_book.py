@@ -122,9 +122,10 @@ def build_book() -> Path:
     Where it can, the build runs with the network cut off (only loopback, which
     the Jupyter kernels need), so a build that reaches for a CDN or a download fails.
     """
-    env = dict(os.environ, DROPLAB_SCALE="smoke")
-    cmd = [sys.executable, "-m", "jupyter_book", "build", str(ROOT), "--path-output", str(BUILD),
-           "-W", "--keep-going"]
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # kernels draw inline figures
+    env["DROPLAB_SCALE"] = "smoke"
+    jupyter_book = shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or "jupyter-book"
+    cmd = [jupyter_book, "build", str(ROOT), "--path-output", str(BUILD), "-W", "--keep-going"]
     if can_cut_the_network():
         cmd = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *cmd]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
