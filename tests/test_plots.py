@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -23,12 +24,14 @@ def _close_figures():
 
 
 def test_importing_plots_changes_no_matplotlib_setting() -> None:
+    # copy rcParams without resolving the "auto" backend (reading it would import pyplot itself)
     code = (
-        "import matplotlib as mpl; before = dict(mpl.rcParams); "
-        "import droplab.plots; import sys; "
-        "assert dict(mpl.rcParams) == before; assert 'matplotlib.pyplot' not in sys.modules"
+        "import sys, matplotlib as mpl; snap = lambda: {k: dict.__getitem__(mpl.rcParams, k) for k in mpl.rcParams}; "
+        "before = snap(); import droplab.plots; "
+        "assert snap() == before; assert 'matplotlib.pyplot' not in sys.modules"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
 def test_style_is_undone_after_the_context() -> None:

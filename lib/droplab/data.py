@@ -331,3 +331,35 @@ def random_crop_flip(x: torch.Tensor, pad: int = 2, flip: bool = True, mode: str
         coin = torch.rand(n, device=dev, generator=generator) < 0.5
         x = torch.where(coin.view(n, 1, 1, 1), x.flip(-1), x)
     return x
+
+
+# ----------------------------------------------------------------------------
+# Chapter 5 support: class subsets, for pre-training on some classes and
+# fine-tuning on the others
+# ----------------------------------------------------------------------------
+
+def class_split(split: Split, classes: tuple[int, ...] | list[int] | range) -> Split:
+    """The samples of ``split`` whose label is one of ``classes``, relabelled
+    ``0 .. len(classes) - 1`` in the order given.
+
+    ``class_split(train, (5, 6, 7, 8, 9))`` keeps Sandal, Shirt, Sneaker, Bag and
+    Ankle boot of Fashion-MNIST as labels 0-4, so that a network pre-trained on
+    classes 0-4 can be fine-tuned on the other five with a five-way classifier
+    (chapter 5, claim 4). Order of the samples is kept; images are shared, not copied.
+    """
+    classes = [int(c) for c in classes]
+    if not classes:
+        raise ValueError("classes is empty; name at least one class label to keep")
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"classes {classes} name a class twice; each class must appear once")
+    labels = split.labels
+    present = set(labels.unique().tolist())
+    missing = [c for c in classes if c not in present]
+    if missing:
+        raise ValueError(f"classes {missing} have no sample in this split (its labels are "
+                         f"{sorted(present)}); check the class numbers")
+    lut = torch.full((int(labels.max()) + 1,), -1, dtype=torch.long)
+    lut[torch.tensor(classes)] = torch.arange(len(classes))
+    new = lut[labels]
+    keep = new >= 0
+    return Split(split.images[keep], new[keep])

@@ -118,7 +118,9 @@ def _residual(name: str, paper_depth: int, class_depth: int) -> Experiment:
         name, f"dropout at P0-P7 in every residual block, PreResNet-{paper_depth} at paper scale "
               f"(Kim et al. Tables 1-3, Guideline 1)",
         tuple(configs),
-        {"smoke": SMOKE, "class": replace(CLASS, depth=class_depth),
+        # class: 13 configs x 2-3 seeds fit chapter 3's 5-minute budget on a 2-core CPU (about 5-10 s a run)
+        {"smoke": SMOKE, "class": replace(CLASS, depth=class_depth, width=8, epochs=3, train_size=2000,
+                                          test_size=2000, batch_size=32),
          "paper": Sizes(depth=paper_depth, width=16, epochs=20, train_size=None, test_size=None,
                         batch_size=128, bottleneck_depth=paper_depth if paper_depth % 9 == 2 else 29)})
 
@@ -132,7 +134,9 @@ def _head() -> Experiment:
         "head", "dropout at H1-H7 in a head with a 1x1 Conv-BN-ReLU before GAP, and Guidelines 1+2 "
                 "together (Kim et al. Figure 4, Tables 5-6, Guideline 2)",
         tuple(configs),
-        {"smoke": SMOKE, "class": CLASS,
+        # class: 4 configs x 3 seeds (+1 run) and chapter 4's other measurements fit its 5-minute
+        # budget on a 2-core CPU (about 8 s a run)
+        {"smoke": SMOKE, "class": replace(CLASS, train_size=2000),
          "paper": Sizes(depth=20, width=16, epochs=20, train_size=None, test_size=None, batch_size=128)})
 
 

@@ -546,3 +546,223 @@ __all__ = [
     "gap_variance_experiment",
     "gap_variances_on",
 ]
+
+
+# =========================================================================== chapter 2 support
+
+import dataclasses  # noqa: E402  (kept with the chapter 2 additions)
+
+
+def uniform_dropout_ratio(var_x, mean_x, beta):  # noqa: ANN001,ANN201
+    """Delta of Li et al.'s uniform noise ``x (1 + r)``, ``r ~ U(-beta, beta)``, alone:
+
+        Var[x] / (Var[x] + beta**2/3 (Var[x] + E[x]**2))
+
+    Compare :func:`dropout_ratio`, which is the same with ``beta**2/3`` replaced
+    by dropout's noise variance ``p/q``: Delta depends on the noise only through its variance.
+    """
+    from droplab.dropout import uniform_dropout_variance
+
+    return var_x / uniform_dropout_variance(var_x, mean_x, beta)
+
+
+@dataclasses.dataclass
+class BNShift:
+    """What one batch normalization layer sees at test time, beside what it normalizes with.
+
+    ``input_mean`` / ``input_var`` (per channel, float64) are the statistics of
+    the layer's input over the test batch (and spatial positions), with the
+    model in eval mode; ``running_mean`` / ``running_var`` are the buffers the
+    layer normalizes with, estimated during training.
+    """
+
+    name: str
+    depth: int
+    input_mean: torch.Tensor
+    input_var: torch.Tensor
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+
+    @property
+    def ratios(self) -> torch.Tensor:
+        """Per channel: test-time input variance / running variance (1 = no shift)."""
+        return self.input_var / self.running_var
+
+    @property
+    def ratio(self) -> float:
+        """The per-channel ratios averaged over channels: the variance shift of this layer.
+
+        BN's output at test time has ``ratio`` times the variance (before its
+        affine scale) that it had in training; < 1 means dropout upstream made
+        the training variance larger than the test variance (Li et al. 2019).
+        """
+        return self.ratios.mean().item()
+
+
+def bn_variance_shift(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    batch_size: int = 1024,
+    dropout: bool = False,
+) -> list[BNShift]:
+    """For every BatchNorm layer of ``model``, in the order the forward pass reaches it, the
+    variance its input actually has at test time beside the running variance it normalizes with.
+
+    Runs ``model`` in eval mode on ``x`` (chunks of ``batch_size``, no
+    gradients) with a forward hook on every BN layer that accumulates the
+    mean and variance of the layer's input per channel (over the batch and
+    spatial positions, in float64, biased). ``dropout=True`` keeps the dropout
+    layers sampling masks while BN uses its running statistics (MC dropout).
+    Modes are restored afterwards; no buffer changes. This is the measurement
+    behind Li et al. (CVPR 2019, Figure 1) and the example of Kim et al.
+    Section 2.1: a ratio ``BNShift.ratio`` below 1 is a variance shift.
+    """
+    bns = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        raise ValueError("the model has no batch normalization layer: there is no running variance to compare with")
+    names = {id(m): name for name, m in bns}
+    acc: dict[int, list] = {}  # id -> [n, mean (C,), M2 (C,)], in the order the layers are reached
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
+        h = inputs[0].detach()
+        h = h.cpu() if h.device.type == "mps" else h
+        flat = h.to(torch.float64).movedim(1, -1).reshape(-1, h.shape[1])
+        n_b = flat.shape[0]
+        mean_b = flat.mean(0)
+        m2_b = ((flat - mean_b) ** 2).sum(0)
+        if id(module) not in acc:
+            acc[id(module)] = [n_b, mean_b, m2_b]
+            return
+        n_a, mean_a, m2_a = acc[id(module)]
+        n = n_a + n_b
+        delta = mean_b - mean_a
+        acc[id(module)] = [n, mean_a + delta * n_b / n, m2_a + m2_b + delta**2 * n_a * n_b / n]  # Chan et al.
+
+    handles = [m.register_forward_hook(hook) for _, m in bns]
+    try:
+        with keep_modes(model), torch.no_grad():
+            model.eval()
+            set_dropout(model, dropout)
+            for chunk in torch.split(x, batch_size):
+                model(chunk)
+    finally:
+        for h in handles:
+            h.remove()
+    modules = {id(m): m for _, m in bns}
+    out = []
+    for depth, (key, (n, mean, m2)) in enumerate(acc.items(), start=1):
+        bn = modules[key]
+        out.append(BNShift(
+            name=names[key],
+            depth=depth,
+            input_mean=mean.cpu(),
+            input_var=(m2 / n).cpu(),
+            running_mean=bn.running_mean.detach().to(torch.float64).cpu(),
+            running_var=bn.running_var.detach().to(torch.float64).cpu(),
+        ))
+    return out
+
+
+__all__ += ["uniform_dropout_ratio", "BNShift", "bn_variance_shift"]
+
+
+# =========================================================================== chapter 3 support
+
+#: Which batch normalization first sees a dropout at each position of a PreResNet block
+#: (Kim et al. Section 2.3): P0 and P1 feed BN1 of the same block, P2-P4 its BN2, and
+#: P5-P7 the BN1 of the *next* block, whose input is this block's output x_{l+1}
+#: (``"out"``), after the skip connection has added the shortcut.
+NEXT_BN: dict[str, str] = {
+    "P0": "BN1", "P1": "BN1", "P2": "BN2", "P3": "BN2", "P4": "BN2", "P5": "out", "P6": "out", "P7": "out",
+}
+
+
+def bn_input_ratios(
+    depth: int,
+    position: str = "P6",
+    p: float = 0.5,
+    width: int = 128,
+    batch: int | None = None,
+    seed: int = 0,
+    var_x0: float = 1.0,
+) -> dict[str, list[float]]:
+    """Delta at the input of every BN of ``depth`` stacked fully connected PreResNet blocks (Kim et al. Section 2.3).
+
+    The paper's module-test protocol: every BN normalizes with batch
+    statistics in both passes; the dropout layers alone switch between the
+    training pass (masks) and the test pass (identity). Returns a dict of
+    lists, one value per block l = 1..depth:
+
+    - ``"BN1"``: Delta of the input of block l's first BN,
+    - ``"BN2"``: Delta of the input of block l's second BN,
+    - ``"out"``: Delta of block l's output, which is the input of block l+1's BN1.
+
+    :data:`NEXT_BN` says which one a dropout at each position reaches first.
+    The blocks, inputs and masks are those of ``stacked_blocks(..., bn="train")``
+    with the same arguments, so ``"out"`` equals its result; for P5/P6 it
+    follows Eq. 31 (:func:`ratio_residual_depth`), for P2-P4 ``"BN2"`` is the
+    non-residual ratio of Eq. 29 (:func:`ratio_nonresidual`).
+    """
+    if position not in POSITIONS:
+        raise ValueError(f"position must be one of {', '.join(POSITIONS)}; got {position!r}")
+    check_p(p)
+    batch = batch or default_batch()
+    g = _gen(seed)
+    with torch.random.fork_rng(devices=[]):  # nn.Linear's default init draws from the global generator
+        blocks = nn.ModuleList(mlp_block(width, position, p, residual=True, generator=g) for _ in range(depth))
+    x0 = torch.randn(batch, width, generator=g, dtype=torch.float64) * math.sqrt(var_x0)
+    seen: dict[tuple[bool, int, str], float] = {}
+    phase = {"train": True}
+
+    def hook_for(block: int, name: str):  # noqa: ANN202
+        def hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
+            seen[(phase["train"], block, name)] = batch_variance(inputs[0]).mean().item()
+        return hook
+
+    handles = []
+    for i, b in enumerate(blocks):
+        bns = [m for m in b.branch if isinstance(m, nn.BatchNorm1d)]
+        handles += [bns[0].register_forward_hook(hook_for(i, "BN1")), bns[1].register_forward_hook(hook_for(i, "BN2"))]
+
+    def run() -> None:
+        h = x0
+        for i, b in enumerate(blocks):
+            h = b(h)
+            seen[(phase["train"], i, "out")] = batch_variance(h).mean().item()
+
+    try:
+        with torch.no_grad(), _seeded(seed, x0.device):
+            blocks.train()
+            run()
+            phase["train"] = False
+            set_dropout(blocks, False)
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: [seen[(False, i, name)] / seen[(True, i, name)] for i in range(depth)]
+            for name in ("BN1", "BN2", "out")}
+
+
+def shift_at_next_bn(
+    depth: int,
+    position: str = "P6",
+    p: float = 0.5,
+    width: int = 128,
+    batch: int | None = None,
+    seed: int = 0,
+    var_x0: float = 1.0,
+) -> list[float]:
+    """Delta at the input of the first BN after the dropout of each of ``depth`` stacked blocks.
+
+    ``bn_input_ratios(...)[NEXT_BN[position]]``: the variance shift that
+    Kim et al. (Section 2.3, Propositions 3-4) compare between positions.
+    For P2-P4 it stays at the non-residual ratio (pi-1)/(pi/q-1) at every
+    depth; for P5-P7 the skip connection lifts it towards 1 (Eq. 31); for P0
+    it compounds with depth, because the shortcut carries the dropped input.
+    """
+    return bn_input_ratios(depth, position, p, width, batch, seed, var_x0)[NEXT_BN[position]]
+
+
+__all__ += ["NEXT_BN", "bn_input_ratios", "shift_at_next_bn"]
