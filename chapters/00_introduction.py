@@ -52,6 +52,16 @@
 # Only the sizes change between scales; the code is the same. `droplab`
 # trains on a CUDA GPU when there is one, then Apple's MPS, then the CPU.
 
+# %% tags=["hide-input"]
+# On Colab or Binder droplab is not installed yet: install it from the book's repository,
+# and let it download Fashion-MNIST (elsewhere the data comes from a local copy; see data/README.md).
+import importlib.util, os, subprocess, sys
+
+if importlib.util.find_spec("droplab") is None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "droplab @ git+https://github.com/dropout-where/dropout-where"], check=True)
+    os.environ.setdefault("DROPLAB_DOWNLOAD", "1")
+
 # %%
 import torch
 from torch import nn

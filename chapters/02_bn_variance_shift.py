@@ -33,6 +33,16 @@
 #    uniform noise instead of dropout, and wider layers;
 # 6. what this says about a rule of thumb from blogs.
 
+# %% tags=["hide-input"]
+# On Colab or Binder droplab is not installed yet: install it from the book's repository,
+# and let it download Fashion-MNIST (elsewhere the data comes from a local copy; see data/README.md).
+import importlib.util, os, subprocess, sys
+
+if importlib.util.find_spec("droplab") is None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "droplab @ git+https://github.com/dropout-where/dropout-where"], check=True)
+    os.environ.setdefault("DROPLAB_DOWNLOAD", "1")
+
 # %%
 import copy
 import itertools

@@ -67,6 +67,16 @@
 # *asserted* in check cells, so the notebook stops if they do not reproduce;
 # small effects are only reported, with their intervals, and called noisy.
 
+# %% tags=["hide-input"]
+# On Colab or Binder droplab is not installed yet: install it from the book's repository,
+# and let it download Fashion-MNIST (elsewhere the data comes from a local copy; see data/README.md).
+import importlib.util, os, subprocess, sys
+
+if importlib.util.find_spec("droplab") is None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "droplab @ git+https://github.com/dropout-where/dropout-where"], check=True)
+    os.environ.setdefault("DROPLAB_DOWNLOAD", "1")
+
 # %%
 import copy
 import math

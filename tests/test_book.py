@@ -191,3 +191,11 @@ def test_bibliography_and_launch_buttons_are_in_the_book(html):
     chapter = (html / "chapters" / f"{SOURCES[-1].stem}.html").read_text()
     assert "colab.research.google.com/github/" in chapter and f"{SOURCES[-1].stem}.ipynb" in chapter
     assert "mybinder.org" in chapter
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_first_code_cell_installs_droplab_only_when_missing(source):
+    """A notebook opened on Colab runs as it is: its first code cell installs droplab if it is missing."""
+    first = next(src for kind, src in cells(source) if kind == "code")
+    assert 'find_spec("droplab") is None' in first and "pip" in first, f"{source.name}: first code cell"
+    assert "import droplab" not in first and "from droplab" not in first
