@@ -1,0 +1,887 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Dropout in residual blocks: P0–P7
+#
+# A pre-activation residual block {cite:p}`he2016identity` offers eight
+# places for one dropout layer. {cite:t}`kim2023dropout` argue that the
+# right places are after the block's *last* batch normalization, and that
+# the skip connection is the reason. This chapter follows their
+# argument step by step (their Sections 2.2–2.3 and 3.1), measures every
+# step on numbers computed here, and then re-runs their accuracy tables
+# with `droplab.sweep`.
+#
+# The tool is chapter 2's inconsistency ratio (Kim et al., Definition 2),
+#
+# $$\Delta(f) = \frac{\mathrm{Var}[f_\text{test}(x)]}{\mathrm{Var}[f_\text{train}(x)]},$$
+#
+# where "test" switches only the dropout layers off. A batch normalization
+# (BN) layer that receives a feature with $\Delta < 1$ was calibrated in
+# training on a wider distribution than it sees at inference.
+#
+# Notation: in code `p` is the probability of **dropping** a unit; $q = 1 - p$
+# keeps it. Kim et al. write $p$ for the keep probability; every formula of
+# theirs below is rewritten with $q$.
+
+# %% tags=["hide-input"]
+# On Colab or Binder droplab is not installed yet: install it from the book's repository,
+# and let it download Fashion-MNIST (elsewhere the data comes from a local copy; see data/README.md).
+import importlib.util, os, subprocess, sys
+
+if importlib.util.find_spec("droplab") is None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "droplab @ git+https://github.com/dropout-where/dropout-where"], check=True)
+    os.environ.setdefault("DROPLAB_DOWNLOAD", "1")
+
+# %%
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from droplab import data, models, plots, repro, scale, sweep
+from droplab import dropout as D
+from droplab import variance as V
+
+print(f"scale: {scale.current()}   device: {repro.device_name()}   torch {torch.__version__}")
+
+# %% [markdown]
+# Every size in the chapter is set here, once per scale: the module tests
+# (sections 2–4) run on random inputs in float64, the accuracy tables
+# (section 6) train real networks through the sweep registry.
+
+# %%
+P_MODULE = 0.5  # drop probability of the module tests: keep probability q = 0.5 as in Kim et al.'s Figure 1
+WIDTHS = scale.pick(smoke=(128, 256), class_=(128, 256, 512), paper=(128, 256, 512, 1024, 2048))  # Figure 1
+MEANS_W = (-0.05, -0.02, 0.0, 0.02, 0.05)  # E[W] of the weights in Figure 1; Var[W] = 2/n
+BATCH_P2 = scale.pick(smoke=2_000, class_=5_000, paper=100_000)  # mini-batch of the Figure 1 module test
+SEEDS_P2 = scale.pick(smoke=2, class_=2, paper=2)  # fresh weights, inputs and masks per seed
+KEEP = (0.5, 0.6, 0.7, 0.8, 0.9)  # keep probabilities q of Figure 3
+VAR_X0 = (0.1, 0.3, 1.0, 3.0, 10.0)  # Var[x0] of Figure 3
+BATCH_P3 = scale.pick(smoke=2_000, class_=10_000, paper=100_000)  # Figure 3 and the depth test, width 128
+DEPTH = scale.pick(smoke=4, class_=6, paper=8)  # stacked blocks in the depth test
+EXPERIMENT = sweep.get("residual")
+SIZES = EXPERIMENT.sizes[scale.current()]
+SEEDS = scale.pick(smoke=1, class_=3, paper=3)  # training seeds of the Table 1 re-run
+SEEDS_VARIANTS = scale.pick(smoke=1, class_=2, paper=3)  # training seeds of the Tables 2-3 re-run
+print(f"module tests: widths {WIDTHS}, batches {BATCH_P2:,} / {BATCH_P3:,}, depth {DEPTH}")
+print(f"training: {EXPERIMENT.name} at {scale.current()} scale: {SIZES}")
+
+# %% [markdown]
+# ## 1. The block and its eight positions
+#
+# The PreResNet basic block computes $x + f(x)$ with the branch
+# $f = $ BN1 → ReLU → Conv1 → BN2 → ReLU → Conv2. Kim et al. (their
+# Figure 2) number the places for dropout P0–P7; the two they recommend are
+# highlighted.
+
+# %%
+fig = plots.position_diagram("preresnet", highlight="guideline")
+plt.show()
+
+# %%
+for name, where in models.POSITIONS["preresnet-basic"].items():
+    print(f"{name}  {where}")
+
+# %% [markdown]
+# P0 is the odd one out: it sits *before* the split, so the shortcut
+# carries the dropped input too. Every other position is inside the branch.
+# `droplab.models` writes the branch as one `nn.Sequential` in execution
+# order, so printing a block shows exactly where the dropout went. Here is
+# the first block of a small PreResNet with dropout at P6:
+
+# %%
+net = models.PreResNet(8, num_classes=10, in_channels=1, width=8, dropout_at="P6", p=0.1)
+print(net.blocks[0])
+
+# %% [markdown]
+# Check: in the P6 network the dropout sits between the second ReLU and the
+# second convolution of every block, once per block; in a P0 network it is
+# the block's `pre` layer, which feeds both the branch and the shortcut,
+# and the branch itself has none.
+
+# %%
+kinds = [type(m).__name__ for m in net.blocks[0].branch]
+assert kinds == ["BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d", "ReLU", "Dropout", "Conv2d"], kinds
+assert sum(isinstance(m, nn.Dropout) for m in net.modules()) == len(net.blocks)
+p0_block = models.PreResNet(8, in_channels=1, width=8, dropout_at="P0").blocks[0]
+assert isinstance(p0_block.pre, nn.Dropout)
+assert not any(isinstance(m, nn.Dropout) for m in p0_block.branch)
+
+# %% [markdown]
+# ## 2. Proposition 1: ReLU and dropout commute
+#
+# In training, dropout multiplies each feature by $m_i/q$, which is either
+# $0$ or $1/q$: never negative. ReLU does not care about a non-negative
+# factor, $\mathrm{ReLU}(k x) = k\,\mathrm{ReLU}(x)$ for $k \ge 0$, so with
+# the same mask both orders give the same output (Kim et al., Proposition
+# 1, Eqs. 7–10). At inference dropout is the identity, so the two orders
+# agree trivially. So P2 (before the first ReLU) and P3 (after it) are one
+# position, and so are P5 and P6.
+#
+# We draw one mask and apply it in both orders, first with the library's
+# dropout, then with PyTorch's layers restarted from the same random state.
+
+# %%
+repro.seed_everything(3)
+x = torch.randn(scale.pick(smoke=10_000, class_=100_000, paper=1_000_000))
+mask = D.mask(x.shape, P_MODULE)
+relu_then_dropout = D.dropout(F.relu(x), P_MODULE, training=True, mask=mask)
+dropout_then_relu = F.relu(D.dropout(x, P_MODULE, training=True, mask=mask))
+torch.manual_seed(7)
+layers_a = nn.Sequential(nn.ReLU(), nn.Dropout(P_MODULE)).train()(x)
+torch.manual_seed(7)
+layers_b = nn.Sequential(nn.Dropout(P_MODULE), nn.ReLU()).train()(x)
+eval_a = nn.Sequential(nn.ReLU(), nn.Dropout(P_MODULE)).eval()(x)
+eval_b = nn.Sequential(nn.Dropout(P_MODULE), nn.ReLU()).eval()(x)
+print(f"{x.numel():,} features, {int((mask == 0).sum()):,} dropped")
+print(f"largest difference, library dropout: {(relu_then_dropout - dropout_then_relu).abs().max().item()}")
+print(f"largest difference, torch layers:    {(layers_a - layers_b).abs().max().item()}")
+
+# %% [markdown]
+# The contrast: a weight layer does *not* commute with dropout. With a
+# square He-initialized matrix $W$ and the same mask, $W\,\mathrm{Dropout}(x)$
+# and $\mathrm{Dropout}(W x)$ are different vectors (section 3 says how).
+
+# %%
+n_small = 64
+gen = torch.Generator().manual_seed(5)
+W = torch.randn(n_small, n_small, generator=gen) * math.sqrt(2 / n_small)
+xs = torch.randn(256, n_small, generator=gen)
+ms = D.mask(xs.shape, P_MODULE, generator=gen)
+pre_w = D.dropout(xs, P_MODULE, mask=ms) @ W.T  # W Dropout(x), one row per sample
+post_w = D.dropout(xs @ W.T, P_MODULE, mask=ms)  # Dropout(W x)
+print(f"largest |W Dropout(x) - Dropout(W x)|: {(pre_w - post_w).abs().max().item():.3f}")
+
+# %% [markdown]
+# Check: both orders agree exactly, bit for bit, in training (library and
+# PyTorch layers) and in evaluation; the weight layer gives a clearly
+# different result (a largest difference above 0.1).
+
+# %%
+assert torch.equal(relu_then_dropout, dropout_then_relu)
+assert torch.equal(layers_a, layers_b)
+assert torch.equal(eval_a, eval_b) and torch.equal(eval_a, F.relu(x))
+assert (pre_w - post_w).abs().max().item() > 0.1
+
+# %% [markdown]
+# ## 3. Proposition 2: PreDropout and PostDropout
+#
+# Write the mask as a diagonal matrix $M$. Dropout before a weight layer
+# (*PreDropout*) computes $W\,\tfrac{1}{q}M x = (\tfrac{1}{q} W M)\,x$;
+# dropout after it (*PostDropout*) computes $\tfrac{1}{q} M W x$. Multiplying
+# by $M$ on the right zeroes **columns** of $W$ (inputs are cut), on the left
+# it zeroes **rows** (outputs are cut). A 4×4 example with the second mask
+# entry zero:
+
+# %%
+W4 = torch.arange(1.0, 17.0).reshape(4, 4)
+M4 = torch.diag(torch.tensor([1.0, 0.0, 1.0, 1.0]))
+print("W M  (PreDropout: the second column is gone)\n", W4 @ M4)
+print("M W  (PostDropout: the second row is gone)\n", M4 @ W4)
+
+# %% [markdown]
+# Check: exactly the second column (resp. row) is zero and the rest of $W$
+# is untouched; and PreDropout on a vector equals the column-dropped matrix
+# $\tfrac{1}{q} W M$ applied to the undropped vector.
+
+# %%
+keep_cols = [0, 2, 3]
+assert torch.equal((W4 @ M4)[:, 1], torch.zeros(4)) and torch.equal((W4 @ M4)[:, keep_cols], W4[:, keep_cols])
+assert torch.equal((M4 @ W4)[1], torch.zeros(4)) and torch.equal((M4 @ W4)[keep_cols], W4[keep_cols])
+x4 = torch.tensor([0.5, -1.0, 2.0, 1.5])
+q_module = 1 - P_MODULE
+assert torch.allclose(W4 @ D.dropout(x4, P_MODULE, mask=torch.diagonal(M4)), (W4 @ M4 / q_module) @ x4)
+
+# %% [markdown]
+# Which order disturbs the variance less? Kim et al.'s Proposition 2
+# (Eq. 11) says
+#
+# $$\Delta(\underbrace{\mathrm{Dropout}(Wx)}_\text{PostDropout}) <
+#   \Delta(\underbrace{W\,\mathrm{Dropout}(x)}_\text{PreDropout}) < 1,$$
+#
+# where the first inequality holds exactly when
+# $\sum_j \sum_{k \ne j} w_{ij} w_{ik}\,\mathrm{E}[x_j x_k] > 0$. After a
+# ReLU every $\mathrm{E}[x_j x_k]$ is non-negative, so the sign of the sum is
+# set by the weights: for weights with a non-zero mean it is about
+# $n(n-1)\,\mathrm{E}[W]^2 > 0$, and PreDropout wins; for zero-mean weights
+# the sum averages out and the two orders should look alike. At
+# $\mathrm{E}[W] = 0$ both ratios equal the ratio of dropout on a ReLU
+# output, $(\pi - 1)/(\pi/q - 1)$ (Eq. 29 below).
+#
+# The module test of their Figure 1: inputs from $\mathcal N(0, 1)$ pass a
+# BN → ReLU → Weight → BN → ReLU pipeline, then dropout with $q = 0.5$ sits
+# before or after one more weight layer; every weight is drawn from
+# $\mathcal N(\mathrm{E}[W], 2/n)$ and BN uses batch statistics. The paper
+# used a batch of $10^5$ and widths 128 to 2048; the sizes above are what
+# fits this scale. Each point is measured with a few seeds (new weights,
+# inputs and masks), and the error bars show one standard deviation over
+# them: the sampling error of a single measurement.
+
+# %%
+fig1_grid = [(w, mw, s, pos) for w in WIDTHS for mw in MEANS_W for s in range(SEEDS_P2) for pos in ("pre", "post")]
+fig1 = {key: V.prop2_pipeline(key[0], key[1], P_MODULE, batch=BATCH_P2, position=key[3], seed=key[2])
+        for key in tqdm(fig1_grid, desc="Figure 1", disable=scale.current() == "smoke")}
+fig1_mean = {(w, mw, pos): np.mean([fig1[(w, mw, s, pos)] for s in range(SEEDS_P2)])
+             for w in WIDTHS for mw in MEANS_W for pos in ("pre", "post")}
+fig1_sd = {(w, mw, pos): np.std([fig1[(w, mw, s, pos)] for s in range(SEEDS_P2)], ddof=1)
+           for w in WIDTHS for mw in MEANS_W for pos in ("pre", "post")}
+eq29 = V.ratio_nonresidual(P_MODULE)
+print(f"Δ, mean of {SEEDS_P2} seeds (Eq. 29 at E[W] = 0: {eq29:.4f})")
+print("width   E[W]     pre     post   (sd pre, sd post)")
+for w in WIDTHS:
+    for mw in MEANS_W:
+        print(f"{w:5} {mw:+6.2f}  {fig1_mean[(w, mw, 'pre')]:.4f}  {fig1_mean[(w, mw, 'post')]:.4f}"
+              f"   ({fig1_sd[(w, mw, 'pre')]:.4f}, {fig1_sd[(w, mw, 'post')]:.4f})")
+print(f"largest standard deviation over seeds: {max(fig1_sd.values()):.4f}")
+
+# %%
+with plots.style():
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    titles = {"pre": "PreDropout: Δ climbs towards 1 as |E[W]| and width grow",
+              "post": "PostDropout: Δ drops below its E[W] = 0 value"}
+    for ax, pos in zip(axes, ("pre", "post")):
+        plots.figure(titles[pos], "mean of the weights E[W] (Var[W] = 2/n)", "inconsistency ratio Δ", ax=ax)
+        for w in WIDTHS:
+            plots.measured_vs_analytic(ax, MEANS_W, [fig1_mean[(w, mw, pos)] for mw in MEANS_W], None,
+                                       label=f"n = {w}", err=[fig1_sd[(w, mw, pos)] for mw in MEANS_W])
+        ax.plot([0.0], [eq29], marker="*", ms=14, color="black", linestyle="none", label="Eq. 29 at E[W] = 0")
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Check, on the means over seeds: wherever $|\mathrm{E}[W]| \ge 0.02$,
+# PostDropout's ratio is below PreDropout's, and below Eq. 29, by more than
+# 0.05, and PreDropout's stays below 1 (up to 0.01 of sampling error); at
+# $\mathrm{E}[W] = 0$ the two differ by less than 0.05 and both lie within
+# 0.05 of Eq. 29. The tolerances are several times the largest standard
+# deviation printed above. PreDropout's ratio climbs with $|\mathrm{E}[W]|$
+# (at every width it is higher at $\pm 0.05$ than at $\pm 0.02$, which is no
+# lower than at 0, up to 0.01), and with the width: at
+# $|\mathrm{E}[W]| = 0.05$ it does not fall (by more than 0.005) from one
+# width to the next.
+
+# %%
+for w in WIDTHS:
+    for mw in MEANS_W:
+        pre, post = fig1_mean[(w, mw, "pre")], fig1_mean[(w, mw, "post")]
+        if abs(mw) >= 0.02:
+            assert post < pre - 0.05 and post < eq29 - 0.05 and pre < 1.01, (w, mw, pre, post)
+        else:
+            assert abs(pre - post) < 0.05 and abs(pre - eq29) < 0.05 and abs(post - eq29) < 0.05, (w, pre, post)
+    assert all(fig1_mean[(w, s * 0.05, "pre")] > fig1_mean[(w, s * 0.02, "pre")] > fig1_mean[(w, 0.0, "pre")] - 0.01
+               for s in (-1, 1)), w
+edge = [np.mean([fig1_mean[(w, mw, "pre")] for mw in (-0.05, 0.05)]) for w in WIDTHS]
+assert all(b > a - 0.005 for a, b in zip(edge, edge[1:])), edge
+assert max(fig1_sd.values()) < 0.02, "the sampling error is small next to the tolerances"
+
+# %% [markdown]
+# So the order of dropout and weight matters only when the weights have a
+# non-zero mean, and for He-initialized (zero-mean) weights a wider layer
+# does not help. Chapter 2 met the same conclusion from the side of
+# {cite:t}`li2019understanding`. Kim et al.'s next step is the one that
+# matters for placement: where the skip connection joins.
+#
+# ## 4. Propositions 3 and 4: the skip connection dilutes the shift
+#
+# Put dropout at P6 and follow the variance through the end of the branch
+# (Kim et al., Eqs. 12–19, with $\beta = 0$ and BN2's scale $\gamma$). BN2
+# outputs $z \sim \mathcal N(0, \gamma^2)$; after the ReLU the mean is
+# $\gamma/\sqrt{2\pi}$ and the variance $\tfrac{\pi-1}{2\pi}\gamma^2$;
+# dropout in training raises the variance to $\tfrac{\pi/q - 1}{2\pi}\gamma^2$
+# (Eq. 6); the He-initialized Conv2 doubles it. So the branch varies by
+#
+# $$\mathrm{Var}[f_\text{train}] = \tfrac{\pi/q - 1}{\pi}\gamma^2, \qquad
+#   \mathrm{Var}[f_\text{test}] = \tfrac{\pi - 1}{\pi}\gamma^2 .$$
+#
+# A **non-residual** block passes $f(x)$ on, with
+# $\Delta = (\pi-1)/(\pi/q-1)$ (Eq. 29), whatever $\gamma$ is. A
+# **residual** block passes $x_0 + f(x_0)$ on; the input's own variance is
+# the same in both phases and adds to both (Eqs. 22–23, $\gamma = 1$):
+#
+# $$\Delta(x_0 + f(x_0)) = \frac{\mathrm{Var}[x_0] + \frac{\pi-1}{\pi}}
+#                                {\mathrm{Var}[x_0] + \frac{\pi/q-1}{\pi}},$$
+#
+# which lies between Eq. 29 and 1 (Proposition 3). The module test of their
+# Figure 3 measures both, for keep probabilities 0.5 to 0.9 and a range of
+# $\mathrm{Var}[x_0]$, at width 128 with He-initialized weights.
+
+# %%
+fig3_grid = [(q, v, res) for q in KEEP for v in VAR_X0 for res in (True, False)]
+fig3 = {key: V.prop3_block(key[1], 1 - key[0], batch=BATCH_P3, residual=key[2], seed=0)
+        for key in tqdm(fig3_grid, desc="Figure 3", disable=scale.current() == "smoke")}
+fig3_formula = {(q, v, res): V.ratio_residual(1 - q, v) if res else V.ratio_nonresidual(1 - q)
+                for q, v, res in fig3_grid}
+fig3_error = max(abs(fig3[k] / fig3_formula[k] - 1) for k in fig3_grid)
+print("   q   Var[x0]   residual (formula)     non-residual (formula)")
+for q in KEEP:
+    for v in VAR_X0:
+        print(f"{q:4.1f} {v:8.1f}   {fig3[(q, v, True)]:.4f} ({fig3_formula[(q, v, True)]:.4f})"
+              f"      {fig3[(q, v, False)]:.4f} ({fig3_formula[(q, v, False)]:.4f})")
+print(f"largest relative difference from the formulas: {fig3_error:.2%}")
+
+# %%
+with plots.style():
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    plots.figure("Residual x0 + f(x0): Δ rises towards 1 with Var[x0]", "Var[x0] (log scale)",
+                 "inconsistency ratio Δ", ax=axes[0], xscale="log")
+    plots.figure("Non-residual f(x0): Δ is flat at Eq. 29", "Var[x0] (log scale)", "inconsistency ratio Δ",
+                 ax=axes[1], xscale="log")
+    for q in KEEP:
+        plots.measured_vs_analytic(axes[0], VAR_X0, [fig3[(q, v, True)] for v in VAR_X0],
+                                   lambda v, q=q: V.ratio_residual(1 - q, v), label=f"q = {q}")
+        plots.measured_vs_analytic(axes[1], VAR_X0, [fig3[(q, v, False)] for v in VAR_X0],
+                                   [fig3_formula[(q, v, False)] for v in VAR_X0], label=f"q = {q}", marker="s")
+    for ax in axes:
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Check: every measurement lies within 2% of its formula (the module's unit
+# tests find well under 1% at these widths), and at every point
+# $\Delta(f) < \Delta(x_0 + f(x_0)) < 1$.
+
+# %%
+assert fig3_error < 0.02, fig3_error
+assert all(fig3[(q, v, False)] < fig3[(q, v, True)] < 1 for q in KEEP for v in VAR_X0)
+
+# %% [markdown]
+# ### Stacking blocks (Proposition 4)
+#
+# Deeper in the network the block input is itself the sum of earlier
+# branches, each carrying its own dropout noise. Variances of a residual
+# stream add up (Eq. 25), so after $l$ blocks with dropout at P6
+# (Eqs. 26–27, $\gamma = 1$)
+#
+# $$\Delta(x_l) = \frac{\mathrm{Var}[x_0] + l\,\frac{\pi-1}{\pi}}
+#                      {\mathrm{Var}[x_0] + l\,\frac{\pi/q-1}{\pi}} ,$$
+#
+# which falls towards Eq. 29 as $l$ grows but stays above it (Eqs. 31–33).
+#
+# What matters for placement is **which BN first sees the shift**. Dropout
+# at P0 or P1 feeds BN1 of its own block; at P2–P4 it feeds BN2 of its own
+# block, through a non-residual path; at P5–P7 it first meets the BN1 of the
+# *next* block, after the skip connection has added the shortcut. And P0
+# also puts its noise on the shortcut, so it is never diluted: it piles up.
+# `variance.NEXT_BN` holds this map.
+
+# %%
+print(V.NEXT_BN)
+
+# %% [markdown]
+# We stack fully connected PreResNet blocks (width 128, He weights, BN with
+# batch statistics as in the paper's module tests), put dropout with
+# $q = 0.5$ at one position in every block, and measure $\Delta$ at the
+# input of the first BN after each block's dropout:
+# `variance.shift_at_next_bn`.
+
+# %%
+POS_DEPTH = ("P0", "P1", "P2", "P4", "P6", "P7")
+depth_shift = {pos: V.shift_at_next_bn(DEPTH, pos, P_MODULE, batch=BATCH_P3, seed=1)
+               for pos in tqdm(POS_DEPTH, desc="depth test", disable=scale.current() == "smoke")}
+blocks_l = np.arange(1, DEPTH + 1)
+eq31 = [V.ratio_residual_depth(P_MODULE, 1.0, int(l)) for l in blocks_l]
+print("block  " + "  ".join(f"{pos:>6}" for pos in POS_DEPTH) + "   Eq. 31  Eq. 29")
+for i, l in enumerate(blocks_l):
+    print(f"{l:5}  " + "  ".join(f"{depth_shift[pos][i]:6.3f}" for pos in POS_DEPTH) + f"   {eq31[i]:6.3f}  {eq29:6.3f}")
+
+# %%
+with plots.style():
+    fig, ax = plots.figure("P6/P7: the next BN sees the smallest shift; P0's compounds",
+                           "block l (counted from the input)", "Δ at the next BN's input", figsize=(7.5, 4.5))
+    ax.axhline(eq29, color="black", linestyle="--", linewidth=1.2, label="Eq. 29 (P2–P4 analytic)")
+    for pos in POS_DEPTH:
+        plots.measured_vs_analytic(ax, blocks_l, depth_shift[pos], eq31 if pos == "P6" else None,
+                                   label=pos, marker="o" if pos in ("P2", "P4", "P6") else "^")
+    ax.set_xticks(blocks_l)
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8, ncol=2)
+plt.show()
+
+# %% [markdown]
+# Check, with tolerances a few times the spread the random weights cause
+# at width 128:
+#
+# - P6 follows Eq. 31 within 2% at every depth, and P7 (PostDropout on
+#   zero-mean weights, section 3) stays within 0.03 of P6;
+# - P2 and P4 sit at Eq. 29 within 0.03 at every depth;
+# - at every depth P6's ratio is closer to 1 than P1's, P2's and P4's;
+# - P0's ratio falls with every block and, from the second block on, is the
+#   lowest of all.
+
+# %%
+assert all(abs(a / b - 1) < 0.02 for a, b in zip(depth_shift["P6"], eq31)), depth_shift["P6"]
+assert all(abs(a - b) < 0.03 for a, b in zip(depth_shift["P7"], depth_shift["P6"]))
+assert all(abs(d - eq29) < 0.03 for pos in ("P2", "P4") for d in depth_shift[pos])
+assert all(depth_shift["P6"][i] > max(depth_shift[pos][i] for pos in ("P1", "P2", "P4")) for i in range(DEPTH))
+p0 = depth_shift["P0"]
+assert all(b < a for a, b in zip(p0, p0[1:])), p0
+assert all(p0[i] < min(depth_shift[pos][i] for pos in POS_DEPTH if pos != "P0") for i in range(1, DEPTH))
+
+# %% [markdown]
+# ### What the module test does not show
+#
+# The paper's module tests keep every BN on batch statistics in both
+# passes. That hides something: a BN in batch-statistics mode re-normalizes
+# whatever it receives, so dropout at P2 leaves the block's *output*
+# untouched there. A deployed network instead normalizes with the running
+# statistics recorded in training. `variance.stacked_blocks(bn="running")`
+# does that: the training pass records the statistics, the test pass runs
+# everything in evaluation mode. We compare the block outputs of P2 and P6
+# stacks both ways.
+
+# %%
+deploy = {(pos, bn): V.stacked_blocks(DEPTH, pos, P_MODULE, batch=BATCH_P3, seed=1, bn=bn)
+          for pos in ("P2", "P6") for bn in ("train", "running")}
+print("Δ of the block outputs x_l")
+print("block   P2 batch-stat  P2 running   P6 batch-stat  P6 running")
+for i, l in enumerate(blocks_l):
+    print(f"{l:5}   {deploy[('P2', 'train')][i]:11.3f}  {deploy[('P2', 'running')][i]:10.3f}"
+          f"   {deploy[('P6', 'train')][i]:12.3f}  {deploy[('P6', 'running')][i]:10.3f}")
+
+# %% [markdown]
+# Check: with batch statistics P2's block outputs keep $\Delta$ above 0.95
+# (BN2 hides the dropout); with running statistics the same blocks shift,
+# already below 0.9 after the first block and lower with every block. P6's
+# shift also grows when BN runs on its running statistics, and at $q = 0.5$
+# the P6 stack's outputs shift *more* than the P2 stack's at every depth.
+
+# %%
+assert all(d > 0.95 for d in deploy[("P2", "train")])
+p2_run, p6_run = deploy[("P2", "running")], deploy[("P6", "running")]
+assert p2_run[0] < 0.9 and all(b < a for a, b in zip(p2_run, p2_run[1:])), p2_run
+assert all(r <= t + 1e-9 for r, t in zip(p6_run, deploy[("P6", "train")]))
+assert all(a < b for a, b in zip(p6_run, p2_run)), (p6_run, p2_run)
+
+# %% [markdown]
+# This does not contradict the paper, but it limits what $\Delta$ can say.
+# The variance a P6 branch loses at inference is mostly the dropout noise
+# itself, which is meant to go; what does harm is a BN that normalizes the
+# *signal* with the wrong scale. At P2 the harm is all of that kind (BN2's
+# running variance includes the noise, so at inference BN2 shrinks the
+# signal), while at P6 the mis-scaling happens only at the next block's BN1,
+# diluted by the shortcut. A variance ratio of the block output adds both
+# kinds together, so it cannot rank the positions by itself. Only accuracy
+# can settle that: section 6.
+#
+# ## 5. Guideline 1
+#
+# Putting the measurements together:
+#
+# - P0 drops the shortcut too, so its shift compounds from block to block
+#   (section 4): avoid it.
+# - P1–P4 put the shift on a BN inside the same branch (BN1 or BN2), with
+#   nothing to dilute it; at P2–P4 it is the full non-residual ratio of
+#   Eq. 29 (section 4).
+# - P5–P7 meet the next BN only after the skip connection has added the
+#   shortcut, which lifts $\Delta$ towards 1 (Propositions 3–4, section 4).
+#   P5 and P6 are the same position (Proposition 1, section 2); P7 is
+#   PostDropout, no better than P6 for zero-mean weights and worse when the
+#   weights drift to a non-zero mean (Proposition 2, section 3).
+#
+# Hence Kim et al.'s **Guideline 1**: in each residual block, use one
+# dropout after the last BN (and its ReLU) and before the last weight layer
+# of the branch, i.e. P6 (or, equivalently, P5). For blocks of other shapes
+# the same rule picks a position too. A bottleneck block has three
+# BN–ReLU–Conv stages, and the rule puts dropout after the third ReLU,
+# before the last 1×1 convolution. A ResNetV1 block {cite:p}`he2016deep`
+# ends its branch with Conv2 → BN2, and the rule puts dropout at the end of
+# the branch, before the addition. The library calls all three `"P6"`:
+
+# %%
+print(models.GUIDELINE_1)
+bottleneck = models.PreResNet(11, in_channels=1, width=8, block="bottleneck", dropout_at="P6")
+v1 = models.ResNetV1(8, in_channels=1, width=8, dropout_at="P6")
+print("bottleneck branch:", " → ".join(type(m).__name__ for m in bottleneck.blocks[0].branch))
+print("ResNetV1 branch:  ", " → ".join(type(m).__name__ for m in v1.blocks[0].branch), "→ (+ shortcut) → ReLU")
+
+# %% [markdown]
+# Check: in the bottleneck the dropout comes right after the third ReLU and
+# right before the last convolution; in ResNetV1 it is the branch's last
+# layer, right after BN2.
+
+# %%
+bneck_kinds = [type(m).__name__ for m in bottleneck.blocks[0].branch]
+assert bneck_kinds[-3:] == ["ReLU", "Dropout", "Conv2d"] and bneck_kinds.count("ReLU") == 3, bneck_kinds
+v1_kinds = [type(m).__name__ for m in v1.blocks[0].branch]
+assert v1_kinds[-2:] == ["BatchNorm2d", "Dropout"] and v1_kinds.count("BatchNorm2d") == 2, v1_kinds
+
+# %% [markdown]
+# ## 6. Table 1, re-run
+#
+# Kim et al. trained PreResNet-50 and -110 on CIFAR-10 and CIFAR-100 without
+# dropout and with dropout at each of P0–P7 in every block, three runs per
+# cell (their Table 1). The numbers below are **quoted** from
+# {cite:t}`kim2023dropout`; the code only prints them and computes the
+# differences from no dropout.
+
+# %%
+QUOTED_COLUMNS = ("C10 PRN-50", "C10 PRN-110", "C100 PRN-50", "C100 PRN-110")
+QUOTED_TABLE1 = {  # Kim et al. (2023), Table 1, quoted: test accuracy (%), mean of three runs
+    "none": (93.6633, 94.0300, 71.3900, 73.5367),
+    "P0": (84.2500, 70.9433, 52.6200, 18.3467),
+    "P1": (92.9167, 93.5467, 70.2000, 71.2733),
+    "P2": (93.1933, 93.6867, 71.1433, 72.4133),
+    "P3": (93.5833, 93.8133, 71.0767, 72.3967),
+    "P4": (93.2167, 93.8933, 70.4800, 72.1400),
+    "P5": (93.8333, 94.4367, 72.3633, 73.6300),
+    "P6": (93.6767, 94.2200, 72.4267, 73.9800),
+    "P7": (93.7800, 94.2667, 72.0833, 73.5633),
+}
+quoted_diff = {c: [a - b for a, b in zip(v, QUOTED_TABLE1["none"])] for c, v in QUOTED_TABLE1.items() if c != "none"}
+print("quoted from Kim et al., Table 1: difference from no dropout (points)")
+print(f"{'':6}" + "".join(f"{c:>14}" for c in QUOTED_COLUMNS))
+for c, d in quoted_diff.items():
+    print(f"{c:6}" + "".join(f"{v:+14.2f}" for v in d))
+print("positions that help in all four columns:", [c for c, d in quoted_diff.items() if min(d) > 0])
+print("positions that hurt in all four columns:", [c for c, d in quoted_diff.items() if max(d) < 0])
+
+# %% [markdown]
+# In the paper P5–P7 help and P0–P4 hurt in every column; P0 is a disaster,
+# and the other effects are fractions of a point to about two points. Our
+# re-run uses Fashion-MNIST {cite:p}`xiao2017fashion`, which installs
+# offline (CIFAR-10 {cite:p}`krizhevsky2009learning` works too where it can
+# be downloaded, see the command at the end of this section), and the
+# `residual` experiment of `droplab.sweep`: a PreResNet of the depth and
+# width printed at the top, dropout with the drop probability `SIZES.p` at
+# one position in every block. At `class` scale the networks are small and
+# trained briefly, so that the whole sweep runs live; a rerun of the cell
+# reuses finished records.
+
+# %%
+TABLE1 = ["none"] + [f"P{i}" for i in range(8)]
+records = sweep.run(EXPERIMENT, seeds=SEEDS, only=TABLE1)
+rows = sweep.table(records)
+print(f"{EXPERIMENT.name}, {scale.current()} scale, {EXPERIMENT.dataset}: test accuracy (%) over {SEEDS} seed(s)")
+print(sweep.format_table(rows))
+print(f"wall time of the runs: {sum(r['wall_seconds'] for r in records):.0f} s")
+
+# %% [markdown]
+# Seeds are paired: seed $k$ of every configuration starts from the same
+# weights (dropout layers have none) and sees the same mini-batches in the
+# same order, so differences are best taken seed by seed, with a 95%
+# confidence interval over seeds (Student's $t$; none with a single seed).
+
+# %%
+acc = {(r["config"]["name"], r["seed"]): r[sweep.METRIC] for r in records}
+paired = {c: [acc[(c, s)] - acc[("none", s)] for s in range(SEEDS)] for c in TABLE1[1:]}
+paired_ci = {c: sweep.mean_ci95(v) for c, v in paired.items()}
+print(f"{'':6}{'ours: diff ± 95% CI':>24}   " + "".join(f"{c:>13}" for c in QUOTED_COLUMNS) + "   (quoted)")
+for c, (m, ci) in paired_ci.items():
+    ours = f"{100 * m:+7.2f} ± {100 * ci:5.2f}" if math.isfinite(ci) else f"{100 * m:+7.2f} (1 seed)"
+    print(f"{c:6}{ours:>24}   " + "".join(f"{v:+13.2f}" for v in quoted_diff[c]))
+
+# %%
+with plots.style():
+    worst = min(rows[1:], key=lambda r: r.mean).config
+    fig, ax = plots.figure(f"{scale.current()} scale: dropout at {worst} costs the most accuracy",
+                           "dropout position (bars: mean, whiskers: 95% CI over seeds)", "test accuracy (%)")
+    plots.bars_with_ci(ax, [r.config for r in rows], [100 * r.mean for r in rows],
+                       [100 * r.ci95 if math.isfinite(r.ci95) else 0.0 for r in rows],
+                       baseline=100 * rows[0].mean, highlight=["P5", "P6"])
+    lo = min(100 * r.mean for r in rows)
+    ax.set_ylim(max(0.0, lo - 5), None)
+plt.show()
+
+# %% [markdown]
+# Checks. Every run finished and every configuration has all its seeds. At
+# `class` and `paper` scale, P0 lies far below no dropout: the mean gap
+# exceeds two points and *every* P0 run scores below *every* no-dropout
+# run. With three seeds each, the chance of that ordering when the two
+# configurations are equally good is 1 in 20, so it is a test at the 5%
+# level that does not lean on the few-seed estimate of the spread. At
+# `smoke` scale the networks see a few hundred images for one epoch and
+# learn almost nothing, so the accuracy check waits for the larger scales.
+
+# %%
+assert all(r.diverged == 0 and r.n == SEEDS for r in rows), rows
+assert [r.config for r in rows] == TABLE1, rows
+if scale.current() != "smoke":
+    p0_runs, none_runs = [acc[("P0", s)] for s in range(SEEDS)], [acc[("none", s)] for s in range(SEEDS)]
+    assert paired_ci["P0"][0] < -0.02, paired_ci["P0"]
+    assert max(p0_runs) < min(none_runs), (p0_runs, none_runs)
+else:
+    print("smoke scale: the P0 accuracy check runs at class and paper scale")
+
+# %% [markdown]
+# How much room is there for a regularizer at this scale? Compare the
+# no-dropout networks' accuracy on the training images (the running
+# accuracy of the last epoch, on augmented images) with their test
+# accuracy. A network that does no better on the images it trains on than
+# on images it has never seen is not overfitting, and a regularizer, whose
+# job is to close that gap, has little to act on.
+
+# %%
+train_acc_none = np.mean([r["history"]["train_acc"][-1] for r in records if r["config"]["name"] == "none"])
+test_acc_none = np.mean([acc[("none", s)] for s in range(SEEDS)])
+print(f"no dropout, {scale.current()} scale: training accuracy {100 * train_acc_none:.2f}%, "
+      f"test accuracy {100 * test_acc_none:.2f}%, gap {100 * (train_acc_none - test_acc_none):+.2f} points")
+
+# %% [markdown]
+# Check: at `class` scale the gap is below 5 points: these networks are
+# not overfitting. At `paper` scale the networks train much longer and the gap is
+# only printed; at `smoke` scale they have not learned anything yet.
+
+# %%
+if scale.current() == "class":
+    assert train_acc_none - test_acc_none < 0.05, (train_acc_none, test_acc_none)
+else:
+    print(f"{scale.current()} scale: the underfitting check runs at class scale only")
+
+# %% [markdown]
+# Proposition 1 has a consequence for whole training runs. P2 and P3 sit
+# on either side of the first ReLU, P5 and P6 on either side of the
+# second; each pair draws the same masks in the same order, so the two
+# networks of a pair should compute the same numbers, step after step,
+# and end with the same accuracy.
+
+# %%
+losses = {(r["config"]["name"], r["seed"]): r["history"]["train_loss"] for r in records}
+twin_gap = {(a, b): max(abs(u - v) for s in range(SEEDS) for u, v in zip(losses[(a, s)], losses[(b, s)]))
+            for a, b in (("P2", "P3"), ("P5", "P6"))}
+for (a, b), gap in twin_gap.items():
+    print(f"{a} vs {b}: largest difference in the per-epoch training loss {gap:.2e}; accuracy "
+          + ", ".join(f"seed {s}: {100 * acc[(a, s)]:.2f} / {100 * acc[(b, s)]:.2f}" for s in range(SEEDS)))
+
+# %% [markdown]
+# Check: on a deterministic run (the CPU, or `smoke`/`class` scale, where the
+# sweep asks for deterministic kernels) each pair agrees to floating-point
+# rounding (relative $10^{-5}$); a `paper`-scale GPU run uses
+# non-deterministic kernels, so there the pairs are compared in the table only.
+
+# %%
+if scale.current() != "paper":
+    for a, b in twin_gap:
+        for s in range(SEEDS):
+            assert np.allclose(losses[(a, s)], losses[(b, s)], rtol=1e-5, atol=1e-7), (a, b, s)
+            assert abs(acc[(a, s)] - acc[(b, s)]) < 1e-6, (a, b, s)
+else:
+    print("paper scale: non-deterministic GPU kernels; the pairs are compared in the table only")
+
+# %% [markdown]
+# ### Tables 2 and 3: bottleneck blocks and ResNetV1
+#
+# Kim et al. also put dropout at the Guideline 1 position in a bottleneck
+# PreResNet-50 (their Table 2, CIFAR-10) and in ResNetV1-50/110 (their
+# Table 3), and report small gains over no dropout. Quoted:
+
+# %%
+QUOTED_VARIANTS = {  # Kim et al. (2023), quoted: (no dropout, Guideline 1) test accuracy (%)
+    "Table 2, bottleneck PreResNet-50, CIFAR-10": (93.7667, 93.7933),
+    "Table 3, ResNetV1-50, CIFAR-10": (93.2700, 93.4600),
+    "Table 3, ResNetV1-110, CIFAR-10": (93.7067, 93.9500),
+    "Table 3, ResNetV1-50, CIFAR-100": (70.6200, 71.4867),
+    "Table 3, ResNetV1-110, CIFAR-100": (71.8833, 73.1133),
+}
+for name, (none_acc, g1_acc) in QUOTED_VARIANTS.items():
+    print(f"{name:44} none {none_acc:7.2f}   Guideline 1 {g1_acc:7.2f}   ({g1_acc - none_acc:+.2f})")
+
+# %% [markdown]
+# The same sweep trains both variants, each against its own no-dropout
+# baseline, at the sizes of this scale (the bottleneck network is the
+# shallowest the block allows).
+
+# %%
+VARIANTS = ["bottleneck-none", "bottleneck-P6", "resnetv1-none", "resnetv1-P6"]
+variant_records = sweep.run(EXPERIMENT, seeds=SEEDS_VARIANTS, only=VARIANTS)
+variant_rows = sweep.table(variant_records)
+print(sweep.format_table(variant_rows))
+print(f"wall time of the runs: {sum(r['wall_seconds'] for r in variant_records):.0f} s")
+vacc = {(r["config"]["name"], r["seed"]): r[sweep.METRIC] for r in variant_records}
+variant_paired = {arch: sweep.mean_ci95([vacc[(f"{arch}-P6", s)] - vacc[(f"{arch}-none", s)]
+                                         for s in range(SEEDS_VARIANTS)]) for arch in ("bottleneck", "resnetv1")}
+for arch, (m, ci) in variant_paired.items():
+    spread = f"± {100 * ci:.2f} points (paired, 95% CI)" if math.isfinite(ci) else "points (1 seed, no interval)"
+    print(f"{arch:10} P6 − none: {100 * m:+.2f} {spread}")
+
+# %% [markdown]
+# Check: every variant run finished with all its seeds. The differences
+# are small effects, reported above with their intervals and not asserted.
+
+# %%
+assert all(r.diverged == 0 and r.n == SEEDS_VARIANTS for r in variant_rows), variant_rows
+assert [r.config for r in variant_rows] == VARIANTS, variant_rows
+
+# %% [markdown]
+# ### Paper-scale records
+#
+# The `paper` scale (PreResNet-20, or PreResNet-56 in the `residual-56`
+# experiment, on the whole training set, one GPU) is run by the sweep's
+# command line; its records are committed to the repository's `data/results`
+# folder. The cell below reads them, for Fashion-MNIST and CIFAR-10, and
+# prints their tables with the device that made them. Where there are none
+# yet it prints the command that makes them.
+
+# %%
+PAPER_RESULTS = data.REPO_DATA / "results"
+for experiment in ("residual", "residual-56"):
+    for dataset in ("fashion-mnist", "cifar10"):
+        paper_records = sweep.load_records(experiment, "paper", dataset, results_dir=PAPER_RESULTS)
+        if paper_records:
+            prov = paper_records[0]["provenance"]
+            print(f"{experiment}, paper scale, {dataset}: {len(paper_records)} records, seeds "
+                  f"{sorted({r['seed'] for r in paper_records})}, {prov['device_name']}, commit {prov['git_commit']}, "
+                  f"{prov['date']}")
+            print(sweep.format_table(sweep.table(paper_records)))
+        else:
+            print(f"no paper-scale records of {experiment} on {dataset} in {PAPER_RESULTS}. To make them "
+                  f"(one GPU), run from the repository root:\n    python -m droplab.sweep run {experiment} "
+                  f"--scale paper --seeds 3 --dataset {dataset} --results data/results\n")
+
+# %% [markdown]
+# ## 7. An honest verdict
+#
+# What this chapter measured, and how sure we are:
+#
+# - **Proposition 1** (ReLU and dropout commute): exact, asserted bit for bit.
+# - **Proposition 2** (PreDropout beats PostDropout when $\mathrm{E}[W] \ne 0$,
+#   the two tie at $\mathrm{E}[W] = 0$): reproduced, with the sampling error
+#   shown, at the widths this scale affords (asserted).
+# - **Propositions 3 and 4** (the skip connection dilutes the shift of
+#   P5–P7): the measurements match the formulas within 2% (asserted); along
+#   depth, the BN after a P6 dropout sees a smaller shift than the BN after
+#   a P1–P4 dropout, and P0's shift compounds (asserted).
+# - **A caveat the paper does not discuss**: in a deployed network (BN on
+#   running statistics) P2's blocks shift their outputs too, and at
+#   $q = 0.5$ less than P6's do (asserted). $\Delta$ of a block output mixes
+#   removed noise with mis-scaled signal, so it motivates the guideline but
+#   cannot prove it.
+# - **P0 hurts accuracy**: the robust part of Table 1, asserted at `class`
+#   and `paper` scale.
+# - **P2 = P3 and P5 = P6 in training**: whole training runs of each pair
+#   agree to rounding (asserted wherever the kernels are deterministic).
+# - **The small effects** (P5–P7 a little better than no dropout, P1–P4 a
+#   little worse; the Table 2–3 gains): the cell below says, for each
+#   position, whether our seeds resolve its difference from no dropout and,
+#   if so, whether the sign agrees with the paper. Two things limit what the
+#   `class` scale can say. A few seeds of small networks resolve differences
+#   of a few tenths of a point only by luck. And the `class` networks are not
+#   overfitting (asserted in section 6), so the regularizing benefit that
+#   Guideline 1 is meant to unlock has nothing to act on; what they can show
+#   is what each position's noise *costs*. An unresolved difference is
+#   therefore no refutation of the paper, and a difference resolved at
+#   `class` scale, in either direction, is a hint rather than a verdict. The
+#   paper-scale records, where they exist, are the better test.
+
+# %%
+PAPER_SIGN = {c: (1 if min(d) > 0 else -1 if max(d) < 0 else 0) for c, d in quoted_diff.items()}
+print(f"{scale.current()} scale, {SEEDS} seed(s) of {EXPERIMENT.dataset}, dropout p = {SIZES.p}:")
+for c, (m, ci) in paired_ci.items():
+    paper_says = {1: "helps", -1: "hurts", 0: "mixed"}[PAPER_SIGN[c]]
+    if not (math.isfinite(ci) and abs(m) > ci):
+        status = "not resolved by these seeds" if math.isfinite(ci) else "one seed: no interval"
+    else:
+        status = "resolved, " + ("agrees with the paper" if np.sign(m) == PAPER_SIGN[c] else "DISAGREES with the paper")
+    spread = f"± {100 * ci:5.2f}" if math.isfinite(ci) else "(1 seed)"
+    print(f"  {c}: {100 * m:+6.2f} {spread} points; paper: {paper_says:5} -> {status}")
+order = sorted(paired_ci, key=lambda c: paired_ci[c][0])
+print("our positions, worst to best by mean difference:", " < ".join(order))
+print(f"P5-P7 mean difference {100 * np.mean([paired_ci[c][0] for c in ('P5', 'P6', 'P7')]):+.2f} points, "
+      f"P1-P4 {100 * np.mean([paired_ci[c][0] for c in ('P1', 'P2', 'P3', 'P4')]):+.2f} points")
+
+# %% [markdown]
+# ## 8. Exercises
+#
+# ```{exercise}
+# :label: ch3-ex-activations
+#
+# Proposition 1 needs only $\mathrm{act}(k x) = k\,\mathrm{act}(x)$ for
+# $k \ge 0$. Which of LeakyReLU, ELU and GELU commute with dropout under a
+# shared mask? (Kim et al.'s Table 2 also trains with ELU.) Predict, then
+# check exactly.
+# ```
+#
+# ```{solution-start} ch3-ex-activations
+# :class: dropdown
+# ```
+#
+# LeakyReLU is $x$ for $x > 0$ and $a x$ for $x < 0$: multiplying $x$ by
+# $k \ge 0$ multiplies either branch by $k$, so it commutes. ELU
+# ($e^x - 1$ for $x < 0$) and GELU ($x\,\Phi(x)$) are not positively
+# homogeneous, so they do not: for ELU, P5 and P6 are different positions.
+
+# %%
+repro.seed_everything(21)
+x_ex = torch.randn(10_000)
+m_ex = D.mask(x_ex.shape, P_MODULE)
+commutes = {name: torch.equal(act(D.dropout(x_ex, P_MODULE, mask=m_ex)), D.dropout(act(x_ex), P_MODULE, mask=m_ex))
+            for name, act in {"LeakyReLU": nn.LeakyReLU(0.1), "ELU": nn.ELU(), "GELU": nn.GELU()}.items()}
+print(commutes)
+assert commutes == {"LeakyReLU": True, "ELU": False, "GELU": False}
+
+# %% [markdown]
+# ```{solution-end}
+# ```
+#
+# ```{exercise}
+# :label: ch3-ex-depth
+#
+# With dropout at P6, $q = 0.5$ and $\mathrm{Var}[x_0] = 1$, after how many
+# blocks does Eq. 31 come within 10% of the non-residual ratio (Eq. 29)?
+# Find the depth from the formula, then measure $\Delta$ at that depth with
+# `variance.stacked_blocks`.
+# ```
+#
+# ```{solution-start} ch3-ex-depth
+# :class: dropdown
+# ```
+#
+# Eq. 31 decreases in $l$ towards Eq. 29, so we look for the first $l$
+# with $\Delta(x_l) < 1.1 \times$ Eq. 29, then measure the stack at that
+# depth and compare within the 2% used in section 4.
+
+# %%
+depth_ex = next(l for l in range(1, 1000) if V.ratio_residual_depth(P_MODULE, 1.0, l) < 1.1 * eq29)
+measured_ex = V.stacked_blocks(depth_ex, "P6", P_MODULE, batch=scale.pick(smoke=2_000, class_=5_000, paper=20_000))
+print(f"first depth within 10%: {depth_ex}; Eq. 31 there {V.ratio_residual_depth(P_MODULE, 1.0, depth_ex):.4f}, "
+      f"measured {measured_ex[-1]:.4f}, Eq. 29 {eq29:.4f}")
+assert V.ratio_residual_depth(P_MODULE, 1.0, depth_ex - 1) >= 1.1 * eq29
+assert abs(measured_ex[-1] / V.ratio_residual_depth(P_MODULE, 1.0, depth_ex) - 1) < 0.02
+
+# %% [markdown]
+# ```{solution-end}
+# ```
+#
+# ```{exercise}
+# :label: ch3-ex-var-x0
+#
+# The training sweep drops with $p = 0.1$ ($q = 0.9$). How large must
+# $\mathrm{Var}[x_0]$ be for the first residual block with dropout at P6 to
+# reach $\Delta \ge 0.99$? Solve Eqs. 22–23 for $\mathrm{Var}[x_0]$ and
+# check with `variance.prop3_block`.
+# ```
+#
+# ```{solution-start} ch3-ex-var-x0
+# :class: dropdown
+# ```
+#
+# With $a = (\pi - 1)/\pi$ and $b = (\pi/q - 1)/\pi$, the condition
+# $(v + a)/(v + b) \ge r$ gives $v \ge (r\,b - a)/(1 - r)$.
+
+# %%
+q_ex, r_ex = 0.9, 0.99
+a_ex, b_ex = (math.pi - 1) / math.pi, (math.pi / q_ex - 1) / math.pi
+v_ex = (r_ex * b_ex - a_ex) / (1 - r_ex)
+measured_v = V.prop3_block(v_ex, 1 - q_ex, batch=BATCH_P3)
+print(f"Var[x0] >= {v_ex:.3f}; formula there {V.ratio_residual(1 - q_ex, v_ex):.4f}, measured {measured_v:.4f}")
+assert abs(V.ratio_residual(1 - q_ex, v_ex) - r_ex) < 1e-12
+assert abs(measured_v - r_ex) < 0.005
+
+# %% [markdown]
+# ```{solution-end}
+# ```

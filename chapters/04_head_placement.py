@@ -1,0 +1,882 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Dropout in the head: H1–H7
+#
+# {doc}`Chapter 3 <03_residual_placement>` placed dropout inside the residual
+# blocks. This chapter moves to the *head*, the few layers between the last
+# feature map and the class probabilities. The usual place for a dropout layer in the head is after
+# global average pooling (GAP), right before the final fully connected
+# layer; MobileNetV2 and EfficientNet, among others, put it there
+# {cite:p}`sandler2018mobilenetv2,tan2019efficientnet`.
+# {cite:t}`kim2023dropout` (their Section 2.4) argue that this common choice
+# is not the best one, and that dropout belongs one step earlier, *before*
+# GAP (their Guideline 2). Their argument has three parts, and we measure
+# each of them:
+#
+# 1. dropout in front of the head's BN shifts that BN's input variance, as in
+#    {doc}`chapter 2 <02_bn_variance_shift>` (positions H1, H2);
+# 2. dropout on the logits or on the probabilities gives correctly classified
+#    samples large losses (H6, H7);
+# 3. of the positions left, dropout before GAP (H4) makes the input of the
+#    fully connected layer vary less than dropout after GAP (H5): their
+#    Proposition 5, which we derive, measure against its formula, and then
+#    measure on real feature maps, where it holds with a smaller margin.
+#
+# Then we re-run their head experiment (Tables 5 and 6) on Fashion-MNIST
+# with several seeds and compare.
+#
+# Notation, as everywhere in the book: in code `p` is the probability of
+# **dropping** a unit (PyTorch's convention) and $q = 1 - p$ the probability
+# of keeping it. Kim et al. write $p$ for the keep probability; their
+# formulas appear below rewritten with $q$.
+
+# %% tags=["hide-input"]
+# On Colab or Binder droplab is not installed yet: install it from the book's repository,
+# and let it download Fashion-MNIST (elsewhere the data comes from a local copy; see data/README.md).
+import importlib.util, os, subprocess, sys
+
+if importlib.util.find_spec("droplab") is None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "droplab @ git+https://github.com/dropout-where/dropout-where"], check=True)
+    os.environ.setdefault("DROPLAB_DOWNLOAD", "1")
+
+# %%
+import dataclasses
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from droplab import data, models, plots, repro, scale, sweep, train
+from droplab import dropout as D
+from droplab import variance as V
+
+dev = repro.device()
+quiet = scale.current() == "smoke"  # progress bars stay quiet under the tests
+print(f"scale: {scale.current()}   device: {repro.device_name(dev)}   torch {torch.__version__}")
+
+# %% [markdown]
+# Every size comes from `droplab.scale`. The network and the training recipe
+# are those of the registered `head` experiment of `droplab.sweep`, so the
+# network studied in sections 2–4 is a sibling of the ones in the table of
+# section 6. At `smoke` scale the sweep's runs are too short to learn much,
+# so the chapter's own reference network gets a little more data there.
+
+# %%
+EXPERIMENT = sweep.get("head")
+DATASET = EXPERIMENT.dataset  # Fashion-MNIST; CIFAR-10 records are shown in section 6 where they exist
+SIZES = EXPERIMENT.sizes[scale.current()]  # depth, width, epochs, images, batch size, p of the sweep
+REF_SIZES = scale.pick(smoke=dataclasses.replace(SIZES, train_size=1024, epochs=2), class_=SIZES, paper=SIZES)
+P = SIZES.p  # drop probability in the head (PyTorch's p); Kim et al.'s keep probability is q = 1 - P
+SEEDS = scale.pick(smoke=2, class_=3, paper=3)  # seeds of the live sweep
+TABLE5 = ["none", "H4", "H5", "P6+H4"]  # the configs of the live sweep (H3 joins for one seed, section 5)
+MASKS = scale.pick(smoke=4, class_=8, paper=16)  # dropout masks drawn per image
+N_MAPS = scale.pick(smoke=256, class_=1000, paper=5000)  # feature maps measured in sections 2 and 4
+N_IID = scale.pick(smoke=20_000, class_=100_000, paper=1_000_000)  # samples per point of Proposition 5
+MODEL_SEED = 100  # the chapter's reference network; the sweep uses seeds 0, 1, 2, ...
+
+info = data.info(DATASET)
+full_train, full_test = data.load(DATASET, "train"), data.load(DATASET, "test")
+train_set = data.subset(full_train, REF_SIZES.train_size or len(full_train.labels), seed=0)
+test_set = data.subset(full_test, SIZES.test_size or len(full_test.labels), seed=0)  # the sweep's test images
+print(f"{DATASET}: {len(train_set.labels)} training and {len(test_set.labels)} test images {info.shape}")
+print(f"PreResNet-{SIZES.depth}, width {SIZES.width}, head dropout p = {P} (q = {1 - P:.2f}), "
+      f"{REF_SIZES.epochs} epochs for the reference network")
+
+# %% [markdown]
+# ## 1. The head and its seven positions
+#
+# The head of Kim et al.'s Figure 4 is the one of MobileNetV2 and
+# EfficientNet: a 1×1 convolution, a BN and an activation, then GAP, a fully
+# connected layer (FC) and the softmax. A PreResNet ends its trunk with a
+# BN-ReLU of its own; `droplab` adds the 1×1 Conv-BN-ReLU in front of GAP
+# (`head_conv=True`) so that all seven positions exist. The guideline's
+# positions are highlighted.
+
+# %%
+fig = plots.position_diagram("head", highlight="guideline")
+
+# %% [markdown]
+# The head is one `nn.Sequential` in execution order, so printing it shows
+# where the dropout layer sits. Here it is at H4, the position of Guideline 2:
+# after the activation, before GAP.
+
+# %%
+guideline_model = models.PreResNet(SIZES.depth, num_classes=info.num_classes, in_channels=info.shape[0],
+                                   width=SIZES.width, head_dropout_at=models.GUIDELINE_2, head_conv=True, p=P)
+print(guideline_model.head)
+
+# %% [markdown]
+# Check: for each of the seven names, the modules just before and just after
+# the dropout layer are the ones the table in the introduction names (`None`
+# is the edge of the head: H1 receives the trunk's output, H6 and H7 produce
+# the head's output).
+
+# %%
+NEIGHBOURS = {  # position: (module before the dropout, module after it)
+    "H1": (None, "Conv2d"), "H2": ("Conv2d", "BatchNorm2d"), "H3": ("BatchNorm2d", "ReLU"),
+    "H4": ("ReLU", "AdaptiveAvgPool2d"), "H5": ("Flatten", "Linear"), "H6": ("Linear", None),
+    "H7": ("Softmax", None),
+}
+for at, (before, after) in NEIGHBOURS.items():
+    kinds = [type(m).__name__ for m in models.make_head(4 * SIZES.width, info.num_classes, at, P, conv=True)]
+    i = kinds.index("Dropout")
+    assert kinds.count("Dropout") == 1, (at, kinds)
+    assert (kinds[i - 1] if i > 0 else None, kinds[i + 1] if i + 1 < len(kinds) else None) == (before, after), (at, kinds)
+    print(f"{at}: {' -> '.join(kinds)}")
+
+# %% [markdown]
+# ## 2. H1 and H2 feed a batch normalization
+#
+# Sections 2–4 study one trained network: the `none` configuration of the
+# sweep (head conv, no dropout anywhere), trained here with its own seed.
+# Positions are compared on *this* network by moving a dropout layer into its
+# head with `models.with_head_dropout`, which rebuilds the head around the
+# trained weights. So every position sees exactly the same features and
+# weights, and only the place of the noise changes.
+
+# %%
+repro.seed_everything(MODEL_SEED)
+reference = models.PreResNet(REF_SIZES.depth, num_classes=info.num_classes, in_channels=info.shape[0],
+                             width=REF_SIZES.width, head_conv=True, p=P)
+history = train.fit(reference, train_set, test_set, REF_SIZES.epochs, batch_size=REF_SIZES.batch_size,
+                    lr=REF_SIZES.lr, warmup_epochs=REF_SIZES.warmup_epochs, seed=MODEL_SEED,
+                    **sweep.AUGMENT[DATASET])
+print(f"reference network (no dropout): test accuracy {history.final_test_acc:.4f} "
+      f"after {history.epochs_run} epochs, {sum(history.seconds):.1f} s")
+
+# %% [markdown]
+# The head receives the trunk's last feature map. We keep a batch of them
+# (test images, eval mode) for the measurements of sections 2 and 4.
+
+# %%
+maps_set = data.subset(test_set, N_MAPS, seed=1)
+x_maps, y_maps = train.to_device(maps_set, dev, reference.input_stats)
+reference.eval()
+with torch.no_grad():
+    features = reference.features(x_maps)  # (N, C, H, W): after the trunk's final BN-ReLU
+head_conv = reference.head[0]  # the trained 1x1 conv; the head's BN comes right after it
+S_MAP = features.shape[2] * features.shape[3]
+print(f"head input: {tuple(features.shape)}, {S_MAP} spatial positions per channel, "
+      f"smallest value {features.min().item():.3f} (it comes out of a ReLU)")
+
+# %% [markdown]
+# With dropout at H1 the head's BN receives $W\,\mathrm{Dropout}(x)$; at H2 it
+# receives $\mathrm{Dropout}(Wx)$, with $W$ the 1×1 convolution. Either way
+# the BN input varies more in training (masks on) than at test time (masks
+# off), so the running variance it learns in training is too large for the
+# test-time input: the variance shift of {doc}`chapter 2 <02_bn_variance_shift>` {cite:p}`li2019understanding`.
+# We measure the inconsistency ratio $\Delta = \mathrm{Var}_\text{test}/\mathrm{Var}_\text{train}$
+# (Kim et al. Definition 2) at the BN's input, for several $p$.
+#
+# Both have a formula. With $z = Wx$ and each feature's batch mean and
+# variance, H2 is Eq. 6 of Kim et al. per feature,
+# $\mathrm{Var}_\text{train} = \mathrm{Var}[z]/q + (1-q)\,\mathrm{E}[z]^2/q$.
+# For H1 the masks hit the conv's inputs: given $x$, output channel $o$ gets
+# the extra variance $\frac{1-q}{q}\sum_c w_{oc}^2 x_c^2$, so
+# $\mathrm{Var}_\text{train} = \mathrm{Var}[z] + \frac{1-q}{q}\sum_c w_{oc}^2\,\mathrm{E}[x_c^2]$.
+# Summing over features (channels times positions) gives $\Delta$ as
+# `inconsistency_ratio` computes it.
+
+# %%
+P_GRID = [0.05, 0.1, 0.2, 0.3, 0.5]
+delta_h1 = [V.inconsistency_ratio(nn.Sequential(nn.Dropout(p), head_conv), features, seed=i)
+            for i, p in enumerate(P_GRID)]
+delta_h2 = [V.inconsistency_ratio(nn.Sequential(head_conv, nn.Dropout(p)), features, seed=i)
+            for i, p in enumerate(P_GRID)]
+with torch.no_grad():
+    z = head_conv(features).double().flatten(1)  # the BN's input without dropout: one column per feature
+    v_z, m_z = z.var(0, unbiased=False), z.mean(0)
+    h1_noise = ((head_conv.weight[:, :, 0, 0].double() ** 2) @ (features.double() ** 2).mean(0).flatten(1)).sum()
+pred_h1 = [(v_z.sum() / (v_z.sum() + p / (1 - p) * h1_noise)).item() for p in P_GRID]
+pred_h2 = [(v_z.sum() / D.expected_output_variance(v_z, m_z, p).sum()).item() for p in P_GRID]
+print(f"{'p':>5} {'Δ H1':>8} {'formula':>8} {'Δ H2':>8} {'formula':>8}")
+for row in zip(P_GRID, delta_h1, pred_h1, delta_h2, pred_h2):
+    print(f"{row[0]:5.2f} " + " ".join(f"{v:8.4f}" for v in row[1:]))
+
+# %%
+fig, ax = plots.figure("Dropout at H1 or H2: the head's BN sees less variance at test time",
+                       "drop probability p", "Δ at the head BN's input (Var test / Var train)")
+plots.measured_vs_analytic(ax, P_GRID, delta_h1, pred_h1, label="H1, W·Dropout(x)")
+plots.measured_vs_analytic(ax, P_GRID, delta_h2, pred_h2, label="H2, Dropout(W·x)", marker="s")
+ax.axhline(1.0, color="black", lw=0.8, ls=":")
+plt.show()
+
+# %% [markdown]
+# Check: both positions shift the BN's input ($\Delta < 1$, falling as $p$
+# grows) and the measurement agrees with its formula within 2% (the masks
+# are averaged over thousands of features per image, so the Monte Carlo
+# error is far smaller than that).
+
+# %%
+for measured, predicted in ((delta_h1, pred_h1), (delta_h2, pred_h2)):
+    assert all(abs(m / f - 1) < 0.02 for m, f in zip(measured, predicted)), (measured, predicted)
+    assert all(m < 1 for m in measured) and all(np.diff(measured) < 0), measured
+
+# %% [markdown]
+# The BN then normalizes the test-time input with the training-time running
+# variance, so its output is too small by a factor $\sqrt{\Delta}$, and the
+# activation, GAP and FC after it see a distribution they were never trained
+# on. {doc}`Chapter 2 <02_bn_variance_shift>` measured what that does to accuracy. Kim et al. therefore
+# rule out H1 and H2. From H3 on there is no BN downstream, so the variance
+# shift has nothing to mislead, and the argument changes: what matters now is
+# how noisy the head's output is in training.
+#
+# ## 3. H6 and H7: large losses on correct predictions
+#
+# The training loss of a sample is $-\log \hat y_c$, with $\hat y_c$ the
+# probability the head gives to the correct class. Dropout at H6 zeroes
+# logits; at H7 it zeroes probabilities. If the zeroed entry is the correct
+# class, a sample the network classifies correctly can still receive a large
+# loss. Kim et al. conclude that the loss, and gradient descent, become
+# unstable.
+#
+# We put one dropout layer at H4, H5, H6 and H7 of the trained reference
+# network (same weights), draw several masks for each test image kept above, and
+# record each sample's training loss and the norm of its gradient with
+# respect to the head's input, the signal from which every trunk weight's
+# update is built (`train.per_sample_losses`). The reference without dropout
+# gives the scale of an ordinary gradient: the median over the samples it
+# misclassifies.
+
+# %%
+AT_HEAD = ["H4", "H5", "H6", "H7"]
+per_sample = {at: train.per_sample_losses(models.with_head_dropout(reference, at, P), maps_set,
+                                          samples=MASKS, seed=1)
+              for at in tqdm(AT_HEAD, desc="positions", disable=quiet)}
+no_dropout = train.per_sample_losses(reference, maps_set, samples=1)
+correct = no_dropout["correct"]
+LOG_K = math.log(info.num_classes)  # a correct prediction has y_hat_c >= 1/K, so loss <= log K without dropout
+WRONG_MEDIAN = no_dropout["grad_norm"][0, ~correct].median().item()
+summary = {}
+for at, r in per_sample.items():
+    loss, grad = r["loss"][:, correct], r["grad_norm"][:, correct]
+    summary[at] = dict(median=loss.median().item(), q99=loss.flatten().quantile(0.99).item(),
+                       max=loss.max().item(), above_log_k=(loss > LOG_K).float().mean().item(),
+                       big_grad=(grad > WRONG_MEDIAN).float().mean().item(),
+                       zero_grad=(grad == 0).float().mean().item())
+print(f"{int(correct.sum())} of {len(correct)} test images classified correctly; {MASKS} masks each")
+print(f"loss of correct samples with dropout on; 'loss > log K': share of (sample, mask) pairs whose loss")
+print(f"exceeds log {info.num_classes}; 'grad > wrong': share whose gradient norm exceeds {WRONG_MEDIAN:.3f}, "
+      f"the median of the misclassified samples without dropout")
+print(f"{'':4} {'median':>8} {'99th pct':>9} {'max':>8} {'loss > log K':>13} {'grad > wrong':>13} {'zero grad':>10}")
+for at, s in summary.items():
+    print(f"{at:4} {s['median']:8.3f} {s['q99']:9.3f} {s['max']:8.2f} {s['above_log_k']:13.4f} "
+          f"{s['big_grad']:13.4f} {s['zero_grad']:10.4f}")
+
+# %% [markdown]
+# The figure shows, for the correctly classified samples, the share of
+# (sample, mask) pairs whose loss (left) or gradient norm (right) exceeds a
+# threshold. For H7 the tail has an exact value: a correct prediction has
+# $\hat y_c \ge 1/K$, so it loses more than $\log K$ exactly when its
+# probability is dropped, which happens with probability $p$; the loss is
+# then $-\log 10^{-12}$, the clamp `train.criterion` puts on $\log 0$.
+
+# %%
+with plots.style():
+    fig, (ax_l, ax_g) = plt.subplots(1, 2, figsize=(11, 4))
+    plots.figure("H6 and H7 give correct predictions large losses", "per-sample loss (nats)",
+                 "share of correct (sample, mask) pairs above", ax=ax_l, xscale="log", yscale="log")
+    plots.figure("H6 also gives them large gradients; H7 gives none", "gradient norm at the head's input",
+                 "share of correct (sample, mask) pairs above", ax=ax_g, yscale="log")
+    for at, r in per_sample.items():
+        for ax, values in ((ax_l, r["loss"][:, correct]), (ax_g, r["grad_norm"][:, correct])):
+            v = np.sort(values.flatten().numpy())
+            ax.step(v, 1 - np.arange(len(v)) / len(v), where="post", label=at)
+    ax_l.plot([LOG_K, -math.log(train.EPS)], [P, P], "k--", lw=1.2, label=f"H7 analytic: p = {P}")
+    ax_l.axvline(LOG_K, color="grey", lw=0.8, ls=":")
+    ax_g.axvline(WRONG_MEDIAN, color="grey", lw=1.0, ls=":", label="median, misclassified, no dropout")
+    ax_l.legend()
+    ax_g.legend()
+    fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Checks, in the order of the claims:
+#
+# - moving the dropout layer does not change the trained network: with
+#   dropout off, every version predicts the same classes as the reference;
+# - at H7, the share of correct pairs with a loss above $\log K$ is $p$,
+#   within five binomial standard errors, every one of those losses is the
+#   clamped $-\log 10^{-12}$, and every one of them has a gradient of exactly
+#   zero: the mask multiplies $\hat y_c$ by 0, so nothing upstream can
+#   change that loss;
+# - at H6 large losses are common and at H4 and H5 rare: the share above
+#   $\log K$ at H6 is of the order of $p$ (above $p/4$) and more than five
+#   times that at H5 and H4, and H6 gives
+#   more correct pairs a gradient larger than a typical misclassified sample
+#   than H4 does. These depend on a network that predicts with some
+#   confidence, so they are checked at `class` and `paper` scale only.
+
+# %%
+for at, r in per_sample.items():
+    assert torch.equal(r["correct"], correct), f"{at}: with_head_dropout changed the trained network"
+n_pairs = MASKS * int(correct.sum())
+se_h7 = math.sqrt(P * (1 - P) / n_pairs)
+assert abs(summary["H7"]["above_log_k"] - P) < 5 * se_h7, (summary["H7"], P, se_h7)
+h7_loss, h7_grad = per_sample["H7"]["loss"][:, correct], per_sample["H7"]["grad_norm"][:, correct]
+assert torch.allclose(h7_loss[h7_loss > LOG_K], torch.tensor(-math.log(train.EPS)))
+assert torch.all(h7_grad[h7_loss > LOG_K] == 0)
+if scale.current() != "smoke":  # a network at smoke scale is barely better than chance
+    assert summary["H6"]["above_log_k"] > P / 4, summary
+    assert summary["H6"]["above_log_k"] > 5 * max(summary["H5"]["above_log_k"], summary["H4"]["above_log_k"], 1e-3)
+    assert summary["H6"]["big_grad"] > summary["H4"]["big_grad"], summary
+else:
+    print("smoke scale: the H4/H5/H6 comparisons are checked at class and paper scale only")
+
+# %% [markdown]
+# The measurements confirm the first half of Kim et al.'s argument: H6 and
+# H7 hand correct predictions large losses, about once in $1/p$ draws, while
+# at H4 and H5 the loss of a correct prediction moves only a little.
+#
+# The gradients qualify the second half. At **H6** a dropped correct logit
+# turns a confidently right sample into one that is pushed as hard as a
+# misclassified one: the gradient of cross-entropy with respect to the
+# logits, $\mathrm{softmax}(z) - e_c$, is bounded, so the loss spike turns
+# into a gradient of ordinary size pointing the wrong way for that sample,
+# noise injected straight at the output. At **H7** the large losses carry no
+# gradient at all. For the gradient, training with dropout at H7 and the
+# log-loss is therefore training without dropout on a random $(1-p)$ share of
+# each batch (a kept probability is divided by $q$, which only adds the
+# constant $\log q$ to the loss; exercise 4 checks this). The "instability"
+# at H7 is in the reported loss: its mean carries a term of about
+# $p \cdot \log 10^{12}$ nats that training can never reduce, and without
+# the clamp the loss would be infinite.
+#
+# ## 4. Proposition 5: dropout before GAP is steadier than after
+#
+# That leaves H3, H4 and H5. Let a channel of the last feature map have
+# values $x_1, \dots, x_S$ at its $S$ spatial positions. Dropout at H4 masks
+# every position on its own, dropout at H5 masks the pooled value once:
+#
+# $$a = \frac{1}{S}\sum_{s=1}^{S} \frac{m_s}{q}\,x_s \quad\text{(H4)}, \qquad
+#   b = \frac{m}{q}\cdot\frac{1}{S}\sum_{s=1}^{S} x_s \quad\text{(H5)},$$
+#
+# with independent $m_s, m \sim \mathrm{Bernoulli}(q)$. Given $x$, both have
+# mean $\mathrm{GAP}(x)$. By the law of total variance, each is the variance
+# of $\mathrm{GAP}(x)$ across images plus the average noise the masks add:
+#
+# $$\mathrm{Var}[a] = \mathrm{Var}[\mathrm{GAP}(x)] + \frac{1-q}{q}\,\mathrm{E}\Big[\frac{1}{S^2}\sum_s x_s^2\Big],
+#   \qquad
+#   \mathrm{Var}[b] = \mathrm{Var}[\mathrm{GAP}(x)] + \frac{1-q}{q}\,\mathrm{E}\big[\mathrm{GAP}(x)^2\big].$$
+#
+# The two differ by $\frac{1-q}{q}\,\mathrm{E}\big[\frac{1}{S^2}\sum_{s \ne t} x_s x_t\big]$,
+# which is never negative when the features are, as they are after a ReLU:
+# on such features H4 never varies more than H5, whatever the correlations.
+# For i.i.d. positions with mean $\mu$ and variance $\sigma^2$ we have
+# $\mathrm{Var}[\mathrm{GAP}(x)] = \sigma^2/S$, $\mathrm{E}[\sum_s x_s^2]/S^2 = (\mu^2+\sigma^2)/S$
+# and $\mathrm{E}[\mathrm{GAP}(x)^2] = \mu^2 + \sigma^2/S$, which gives
+# Kim et al.'s Proposition 5 (Eqs. 34–35, their $p$ written as $q$):
+#
+# $$\mathrm{Var}[\mathrm{GAP}(\mathrm{Dropout}(x))] = \frac{\sigma^2}{qS} + \frac{(1-q)\,\mu^2}{qS}
+#   \;<\;
+#   \mathrm{Var}[\mathrm{Dropout}(\mathrm{GAP}(x))] = \frac{\sigma^2}{qS} + \frac{(1-q)\,\mu^2}{q}.$$
+#
+# The mean's term is divided by $S$ before GAP and not after it. We measure
+# both sides with `variance.gap_variance_experiment` (Gaussian i.i.d.
+# positions) against the formulas (`gap_dropout_variance`,
+# `dropout_gap_variance`), varying $S$, $\mu$ and $q$ one at a time around
+# $S = 49$ (a 7×7 map, the size of this network's last feature map on
+# Fashion-MNIST), $\mu = \sigma = 1$ and the chapter's $p$.
+
+# %%
+BASE = dict(S=49, mu=1.0, sigma2=1.0, p=P)
+GRID = {"S": [1, 2, 4, 9, 16, 25, 49, 64], "mu": [0.0, 0.25, 0.5, 1.0, 1.5, 2.0], "p": [0.1, 0.2, 0.3, 0.5, 0.7]}
+prop5 = {name: [V.gap_variance_experiment(**{**BASE, name: v}, n=N_IID, seed=10 * k + i)
+                for i, v in enumerate(values)]
+         for k, (name, values) in enumerate(tqdm(GRID.items(), desc="Proposition 5", disable=quiet))}
+print(f"{'varied':>6} {'value':>6} {'H4':>9} {'formula':>9} {'H5':>9} {'formula':>9} {'H5/H4':>6}")
+for name, results in prop5.items():
+    for v, r in zip(GRID[name], results):
+        print(f"{name:>6} {v:6.2f} {r['H4']:9.5f} {r['H4_formula']:9.5f} {r['H5']:9.5f} "
+              f"{r['H5_formula']:9.5f} {r['H5'] / r['H4']:6.2f}")
+
+# %%
+with plots.style():
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    titles = {"S": ("more positions: H4 falls as 1/S, H5 does not", "spatial positions S"),
+              "mu": ("H4 = H5 only for zero-mean features", "feature mean μ"),
+              "p": ("the gap grows with the drop probability", "drop probability p = 1 − q")}
+    for ax, (name, results) in zip(axes, prop5.items()):
+        plots.figure(titles[name][0], titles[name][1], "variance of the FC input", ax=ax,
+                     xscale="log" if name == "S" else None, yscale="log" if name == "S" else None)
+        for pos, marker, formula in (("H4", "o", V.gap_dropout_variance), ("H5", "s", V.dropout_gap_variance)):
+            curve = lambda v, f=formula, n=name: f(**{**{"mu": 1.0, "sigma2": 1.0, "p": P, "S": 49}, n: v})  # noqa: E731
+            plots.measured_vs_analytic(ax, GRID[name], [r[pos] for r in results], curve, label=pos, marker=marker)
+    fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Check: every measured variance agrees with its formula within five
+# standard errors of a sample variance. For $n$ samples the relative
+# standard error is $\sqrt{(\kappa - 1)/n}$ with $\kappa$ the kurtosis; on
+# this grid $\kappa$ stays below 12 (it is largest for H5 at $p = 0.1$, where
+# the output is nearly a two-valued variable, zero or $\mathrm{GAP}/q$), so the
+# relative tolerance is $5\sqrt{11/n}$. And H5 varies more than H4 wherever
+# the formulas differ by more than twice that tolerance.
+
+# %%
+REL_TOL = 5 * math.sqrt(11 / N_IID)
+print(f"relative tolerance: {REL_TOL:.4f} for n = {N_IID}")
+for name, results in prop5.items():
+    for v, r in zip(GRID[name], results):
+        for pos in ("H4", "H5"):
+            assert abs(r[pos] / r[f"{pos}_formula"] - 1) < REL_TOL, (name, v, pos, r)
+        if r["H5_formula"] > r["H4_formula"] * (1 + 2 * REL_TOL):
+            assert r["H5"] > r["H4"], (name, v, r)
+
+# %% [markdown]
+# ### On real feature maps
+#
+# The features of a trained network are not i.i.d.: a channel that fires at
+# one position tends to fire at its neighbours, and images differ in how
+# strongly a channel fires at all. `variance.gap_variances_on` draws masks
+# on the reference network's last feature maps and returns, averaged over
+# channels, the total variance of the FC input at H4 and at H5 (across
+# images and masks), the variance of GAP without dropout, and the noise part
+# alone (variance across masks for a fixed image) beside its exact
+# expectation from the decomposition above. We also evaluate the i.i.d.
+# formula with each channel's own mean and variance, to see what
+# Proposition 5 would predict if the positions were independent.
+
+# %%
+real = V.gap_variances_on(features, P, samples=2 * MASKS, seed=2)
+mu_c, var_c = features.double().mean((0, 2, 3)), features.double().var((0, 2, 3))
+k_noise = P / (1 - P)  # (1 - q)/q
+iid = {"H4": V.gap_dropout_variance(mu_c, var_c, P, S_MAP).mean().item(),
+       "H5": V.dropout_gap_variance(mu_c, var_c, P, S_MAP).mean().item(),
+       "H4_noise": (k_noise * (mu_c**2 + var_c) / S_MAP).mean().item(),
+       "H5_noise": (k_noise * (mu_c**2 + var_c / S_MAP)).mean().item()}
+gain = {"total, measured": real["H5_total"] / real["H4_total"], "total, i.i.d.": iid["H5"] / iid["H4"],
+        "noise, measured": real["H5_noise"] / real["H4_noise"], "noise, i.i.d.": iid["H5_noise"] / iid["H4_noise"]}
+print(f"{'':22} {'H4':>9} {'H5':>9} {'H5/H4':>7}")
+for name, h4, h5 in (("total, measured", real["H4_total"], real["H5_total"]),
+                     ("total, i.i.d.", iid["H4"], iid["H5"]),
+                     ("noise, measured", real["H4_noise"], real["H5_noise"]),
+                     ("noise, exact", real["H4_noise_formula"], real["H5_noise_formula"]),
+                     ("noise, i.i.d.", iid["H4_noise"], iid["H5_noise"])):
+    print(f"{name:22} {h4:9.5f} {h5:9.5f} {h5 / h4:7.2f}")
+print(f"variance of GAP(x) across images, no dropout: {real['no_dropout']:.5f} "
+      f"(independent positions would give {(var_c / S_MAP).mean().item():.5f})")
+
+# %% [markdown]
+# Checks: Proposition 5 holds on the real maps (H4's total variance is below
+# H5's); each total is the no-dropout variance plus the exact noise term,
+# within 3%, and each measured noise is within 5% of its exact value (the
+# masks are random, the decomposition is not); the gain in total variance is
+# smaller than the i.i.d. formula promises, while the gain in noise alone is
+# larger.
+
+# %%
+assert features.min() >= 0, "the head's input comes out of a ReLU"
+assert real["H4_total"] < real["H5_total"], real
+for pos in ("H4", "H5"):
+    assert abs(real[f"{pos}_total"] / (real["no_dropout"] + real[f"{pos}_noise_formula"]) - 1) < 0.03, real
+    assert abs(real[f"{pos}_noise"] / real[f"{pos}_noise_formula"] - 1) < 0.05, real
+assert 1 < gain["total, measured"] < gain["total, i.i.d."], gain
+assert gain["noise, measured"] > gain["noise, i.i.d."], gain
+
+# %% [markdown]
+# Why the gain shrinks: the noise that dropout adds is cut by a large factor
+# at H4 (the "noise" rows), by more than the i.i.d. formula says, because on
+# positively correlated maps the cross terms $\sum_{s\ne t} x_s x_t$ are
+# large. But the noise is only part of what the FC layer sees. Positions of
+# one image are correlated (an image that makes a channel fire tends to make
+# it fire at many positions), so they do not average out in GAP: the
+# variance of $\mathrm{GAP}(x)$ across images, common to both positions, is
+# much larger than the $\sigma^2/S$ of independent positions, and it dilutes
+# the difference. On real maps H4 still wins; by how much is printed above.
+#
+# ## 5. Guideline 2
+#
+# Putting the measurements together gives Kim et al.'s second guideline,
+# in the book's words: **in the head, use one dropout layer after the head's
+# last BN and before GAP, at H3 or H4.** The reasons, each measured above:
+#
+# - not at H1 or H2: a BN follows, and its input variance shifts between
+#   training and test (section 2);
+# - not at H6 or H7: correct predictions get large losses, at H6 with
+#   gradients of full size, at H7 with none (section 3);
+# - H4 rather than H5: masking positions before GAP adds much less noise to
+#   the FC input than masking the pooled channel (section 4).
+#
+# One more observation: in a head whose activation is a ReLU, **H3 and H4 are
+# the same layer**. This is Kim et al.'s Proposition 1, which
+# {doc}`chapter 3 <03_residual_placement>` checked inside the residual block:
+# the mask is 0 or $1/q > 0$, and a ReLU commutes with multiplication by a
+# non-negative number, so $\mathrm{ReLU}(m x / q) = m\,\mathrm{ReLU}(x)/q$.
+# With the same masks the two heads compute the same numbers, in training and
+# at test time. (With the Swish of EfficientNet they would differ.) We check
+# it on the reference network, with the same seed for the masks of both.
+
+# %%
+head_h3 = models.with_head_dropout(reference, "H3", P).head.train()
+head_h4 = models.with_head_dropout(reference, "H4", P).head.train()
+for m in (head_h3, head_h4):
+    for bn in m.modules():
+        if isinstance(bn, nn.BatchNorm2d):
+            bn.eval()  # BN in eval mode, dropout sampling: the same network as in training
+torch.manual_seed(5)
+out_h3 = head_h3(features)
+torch.manual_seed(5)
+out_h4 = head_h4(features)
+print(f"largest difference between the H3 and H4 logits: {(out_h3 - out_h4).abs().max().item():.2e}")
+
+# %%
+assert torch.equal(out_h3, out_h4), "with a ReLU head and the same masks, H3 and H4 must agree exactly"
+
+# %% [markdown]
+# ## 6. Table 5, re-run
+#
+# Kim et al. test Guideline 2 on Caltech-101 and Oxford-IIIT Pet with
+# PreResNet-50/101 (their Table 5) and on ImageNet with four architectures
+# (their Table 6), averaging three runs per cell. The numbers below are
+# **quoted** from {cite:t}`kim2023dropout`; the code only prints them and
+# computes the differences.
+
+# %%
+QUOTED_TABLE5 = {  # Kim et al. (2023), Table 5, quoted: test accuracy (%), mean of three runs
+    "Caltech-101, PreResNet-50": (83.321, 83.978, 83.005),
+    "Caltech-101, PreResNet-101": (83.807, 84.999, 83.662),
+    "Oxford-IIIT Pet, PreResNet-50": (83.815, 84.988, 84.416),
+    "Oxford-IIIT Pet, PreResNet-101": (84.567, 85.229, 85.259),
+}
+QUOTED_TABLE6 = {  # Kim et al. (2023), Table 6, quoted: ImageNet top-1 accuracy (%)
+    "ImageNet, MobileNetV2 (1.4)": (75.714, 75.820, 75.718),
+    "ImageNet, EfficientNet-B0": (77.156, 77.240, 76.976),
+    "ImageNet, ResNet-50": (78.834, 78.932, 78.546),
+    "ImageNet, DenseNet-169": (79.066, 79.152, 79.036),
+}
+quoted = {**QUOTED_TABLE5, **QUOTED_TABLE6}
+print(f"{'quoted from Kim et al., Tables 5-6':32} {'none':>7} {'H4':>7} {'H5':>7} {'H4-none':>8} {'H5-none':>8} {'H4-H5':>7}")
+for name, (none, h4, h5) in quoted.items():
+    print(f"{name:32} {none:7.3f} {h4:7.3f} {h5:7.3f} {h4 - none:+8.3f} {h5 - none:+8.3f} {h4 - h5:+7.3f}")
+h4_wins = sum(h4 > h5 for _, h4, h5 in quoted.values())
+print(f"H4 beats H5 in {h4_wins} of {len(quoted)} rows and beats no dropout in "
+      f"{sum(h4 > none for none, h4, _ in quoted.values())} of {len(quoted)}; "
+      f"H5 beats no dropout in {sum(h5 > none for none, _, h5 in quoted.values())} of {len(quoted)}")
+
+# %% [markdown]
+# The paper's effects are small, mostly a fraction of a percentage point
+# and about a point at most, reported without spread over the runs. Now the
+# live re-run: `droplab.sweep` trains the `head` experiment's networks (head
+# conv, dropout $p$ as above) without dropout, with dropout at H4, at H5, and
+# at H4 together with P6 in every residual block (Guidelines 1 and 2
+# together), for several seeds, and writes one record per run. A rerun of
+# this cell reuses finished records.
+
+# %%
+records = sweep.run(EXPERIMENT.name, seeds=SEEDS, only=TABLE5, dataset=DATASET)
+rows = sweep.table(records)
+print(f"{EXPERIMENT.name}, {scale.current()} scale, {DATASET}: test accuracy (%) over {SEEDS} seeds")
+print(sweep.format_table(rows))
+print(f"wall time of the runs: {sum(r['wall_seconds'] for r in records):.0f} s")
+
+# %% [markdown]
+# Dropout is a regularizer: it can only pay for its noise where a network
+# fits its training images better than new ones. The records also hold the
+# training accuracy of the last epoch (measured with dropout and
+# augmentation on, so it understates the fit a little); beside the test
+# accuracy it shows which regime these runs are in.
+
+# %%
+fit_gap = {c: sweep.mean_ci95([r["history"]["train_acc"][-1] - r[sweep.METRIC] for r in records
+                               if r["config"]["name"] == c]) for c in TABLE5}
+for c, (gap, ci) in fit_gap.items():
+    print(f"{c:6} last-epoch training accuracy − test accuracy: {100 * gap:+6.2f} ± {100 * ci:5.2f} points")
+underfit = max(g for g, _ in fit_gap.values()) < 0.02
+print("the networks fit their training images no better than the test images: they underfit, and a "
+      "regularizer has nothing to correct" if underfit else
+      "the networks fit their training images better than the test images: there is something to regularize")
+
+# %% [markdown]
+# Seeds are paired: seed $k$ of every configuration starts from the same
+# initial weights (dropout layers have none) and sees the same mini-batches,
+# augmented the same way, in the same order. So the differences are best
+# computed seed by seed, with a 95% confidence interval over the seeds
+# (Student's $t$).
+
+# %%
+acc = {(r["config"]["name"], r["seed"]): r[sweep.METRIC] for r in records}
+paired = {f"{c} − none": [acc[(c, s)] - acc[("none", s)] for s in range(SEEDS)] for c in TABLE5[1:]}
+paired["H4 − H5"] = [acc[("H4", s)] - acc[("H5", s)] for s in range(SEEDS)]
+paired_ci = {k: sweep.mean_ci95(v) for k, v in paired.items()}
+for k, (mean, ci) in paired_ci.items():
+    verdict = "unresolved (the CI contains 0)" if not abs(mean) > ci else ("positive" if mean > 0 else "negative")
+    print(f"{k:14} {100 * mean:+6.2f} ± {100 * ci:5.2f} points   {verdict}")
+
+# %%
+with plots.style():
+    h4_h5, h4_h5_ci = paired_ci["H4 − H5"]
+    fig, ax = plots.figure(f"{scale.current()} scale, {SEEDS} seeds: H4 − H5 = {100 * h4_h5:+.1f} ± "
+                           f"{100 * h4_h5_ci:.1f} points (95% CI)", "configuration", "test accuracy (%), 95% CI")
+    plots.bars_with_ci(ax, [r.config for r in rows], [100 * r.mean for r in rows], [100 * r.ci95 for r in rows],
+                       baseline=100 * rows[0].mean, highlight=["H4", "P6+H4"])
+    lo = min(100 * (r.mean - (r.ci95 if math.isfinite(r.ci95) else 0)) for r in rows)
+    ax.set_ylim(max(0.0, lo - 3), None)
+plt.show()
+
+# %% [markdown]
+# Checks: every run finished without diverging and every configuration has
+# all its seeds. At `class` and `paper` scale every configuration also
+# learned (accuracy above 50%, with ten classes); at `smoke` scale the runs
+# are too short for that. The differences between configurations are small
+# effects: they are reported with their intervals above, not asserted.
+
+# %%
+assert all(r.diverged == 0 and r.n == SEEDS for r in rows), rows
+assert [r.config for r in rows] == TABLE5, rows
+if scale.current() != "smoke":
+    assert all(r.mean > 0.5 for r in rows), rows
+else:
+    print("smoke scale: the 'every configuration learned' check runs at class and paper scale")
+
+# %% [markdown]
+# H3 joins the sweep for one seed. Section 5 showed that with a ReLU head
+# H3 and H4 compute the same numbers given the same masks; a full training
+# run draws the same masks in the same order for both, so the two records
+# should agree, step for step.
+
+# %%
+h3_record, = sweep.run(EXPERIMENT.name, seeds=[0], only=["H3"], dataset=DATASET)
+h4_record = next(r for r in records if r["config"]["name"] == "H4" and r["seed"] == 0)
+print(f"seed 0: H3 {100 * h3_record[sweep.METRIC]:.2f}%  H4 {100 * h4_record[sweep.METRIC]:.2f}%")
+print(f"largest difference in the per-epoch training loss: "
+      f"{max(abs(a - b) for a, b in zip(h3_record['history']['train_loss'], h4_record['history']['train_loss'])):.2e}")
+
+# %% [markdown]
+# Check: where the two runs did the same arithmetic, their histories agree
+# to within floating-point rounding. That needs deterministic kernels (the
+# sweep asks for them at `smoke` and `class` scale; `paper`-scale GPU runs use
+# faster, non-deterministic ones) and the same machine, library version and
+# thread count: a different number of threads sums in a different order,
+# and training amplifies the last-bit differences. Records reused from
+# another session may differ in these, so the check compares only records
+# with the same provenance.
+
+# %%
+same_arithmetic = all(h3_record["provenance"][k] == h4_record["provenance"][k]
+                      for k in ("device_name", "torch", "platform")) and scale.current() != "paper"
+if same_arithmetic:
+    assert np.allclose(h3_record["history"]["train_loss"], h4_record["history"]["train_loss"], rtol=1e-5, atol=1e-6)
+    assert abs(h3_record[sweep.METRIC] - h4_record[sweep.METRIC]) < 1e-6
+else:
+    print("the H3 and H4 records were computed with different arithmetic (scale, device, threads or "
+          "versions differ); compare them in the table only")
+
+# %% [markdown]
+# ### Paper-scale records
+#
+# The `paper` scale (PreResNet-20 on the whole training set, 20 epochs, one
+# GPU) is run by the sweep's command line and its records are committed to
+# the repository's `data/results` folder. The cell below reads them, for
+# Fashion-MNIST and for CIFAR-10, and prints their tables; where there are
+# none yet it prints the command that makes them.
+
+# %%
+PAPER_RESULTS = data.REPO_DATA / "results"
+for dataset in ("fashion-mnist", "cifar10"):
+    paper_records = sweep.load_records(EXPERIMENT.name, "paper", dataset, results_dir=PAPER_RESULTS)
+    if paper_records:
+        seeds = sorted({r["seed"] for r in paper_records})
+        print(f"paper scale, {dataset}: {len(paper_records)} records, seeds {seeds}, "
+              f"device {paper_records[0]['provenance']['device_name']}")
+        print(sweep.format_table(sweep.table(paper_records)))
+    else:
+        print(f"no paper-scale records for {dataset} in {PAPER_RESULTS}. To make them (one GPU), run from the "
+              f"repository root:\n    python -m droplab.sweep run {EXPERIMENT.name} --scale paper --seeds 3 "
+              f"--dataset {dataset} --results data/results\n")
+
+# %% [markdown]
+# ## 7. An honest verdict
+#
+# What this chapter measured, and how sure we are:
+#
+# - **H1 and H2 shift the head BN's input variance.** Robust: the measured
+#   inconsistency ratios match their formulas and fall below 1 at every $p$
+#   (asserted).
+# - **H6 and H7 give correct predictions large losses.** Robust: at H7 the
+#   rate is exactly $p$ (asserted at every scale), at H6 it is of the same
+#   order while H4 and H5 almost never do it (asserted at `class` and
+#   `paper` scale). The gradient story is more nuanced than the paper's
+#   sentence: at H6 the spikes come with full-size gradients pointing away
+#   from the right answer; at H7 they come with no gradient at all.
+# - **Proposition 5.** Robust: the i.i.d. formulas match the measurements
+#   over $S$, $\mu$ and $q$, and on real feature maps H4 varies less than H5
+#   (asserted), by a smaller factor than the i.i.d. formula predicts,
+#   because spatially correlated features do not average out.
+# - **H3 = H4 in a ReLU head.** Exact (asserted on the module, and on a full
+#   training run where it is deterministic).
+# - **Accuracy (Table 5).** A small effect, in the paper as here. The live
+#   runs are printed above with 95% intervals; the cell below says which
+#   differences the seeds resolve, and whether they go the paper's way. Two
+#   cautions. Three seeds of small networks resolve effects of a few tenths
+#   of a point only by luck, so an unresolved difference is no refutation of
+#   the paper. And networks that underfit (section 6 prints whether these
+#   do) have nothing for dropout to correct: there a resolved loss of
+#   accuracy measures the price of the noise, not a failure of the
+#   guideline's reasoning. The paper-scale records, where they exist, are the
+#   better test. The combination P6+H4 is this book's addition; the paper
+#   tests the two guidelines separately.
+
+# %%
+resolved = {k: abs(m) > ci for k, (m, ci) in paired_ci.items()}
+paper_says = {"H4 − none": ("H4 helps", True), "H4 − H5": ("H4 beats H5", True),
+              "H5 − none": ("H5 helps on Pet, hurts on Caltech-101", None),
+              "P6+H4 − none": ("not tested (each guideline helps alone)", None)}
+print(f"{scale.current()} scale, {SEEDS} seeds of {DATASET}, networks that "
+      f"{'underfit' if underfit else 'overfit'}:")
+for k, (m, ci) in paired_ci.items():
+    claim, positive = paper_says[k]
+    if not resolved[k]:
+        status = "not resolved by these seeds"
+    elif positive is None:
+        status = "resolved: " + ("positive" if m > 0 else "negative")
+    else:
+        status = "resolved, " + ("agrees with the paper" if (m > 0) == positive else "DISAGREES with the paper")
+    print(f"  {k:14} {100 * m:+6.2f} ± {100 * ci:5.2f} points; paper: {claim:40} -> {status}")
+
+# %% [markdown]
+# ## 8. Exercises
+#
+# ```{exercise}
+# :label: ch4-ex-zero-mean
+#
+# Proposition 5 says nothing about zero-mean features: check with
+# `variance.gap_variance_experiment` that for $\mu = 0$ dropout before and
+# after GAP give the same variance. Why can this case not happen at H4 in a
+# ReLU network, unless a channel is dead?
+# ```
+#
+# ```{solution-start} ch4-ex-zero-mean
+# :class: dropdown
+# ```
+# With $\mu = 0$ both formulas reduce to $\sigma^2/(qS)$. After a ReLU every
+# feature is non-negative, so its mean is positive unless the feature is
+# zero everywhere, a dead channel, which dropout cannot affect anyway.
+
+# %%
+r = V.gap_variance_experiment(S=49, mu=0.0, sigma2=1.0, p=P, n=N_IID, seed=7)
+print(f"H4 {r['H4']:.5f}  H5 {r['H5']:.5f}  formula (both) {r['H4_formula']:.5f}  ratio {r['H5'] / r['H4']:.3f}")
+assert r["H4_formula"] == r["H5_formula"]
+assert abs(r["H5"] / r["H4"] - 1) < 2 * REL_TOL  # each within REL_TOL of the same value
+
+# %% [markdown]
+# ```{solution-end}
+# ```
+#
+# ```{exercise}
+# :label: ch4-ex-halve
+#
+# For i.i.d. features with $\mu = \sigma = 1$ and $q = 0.9$, how many spatial
+# positions $S$ does a feature map need for dropout before GAP to have half
+# the variance of dropout after GAP? Solve Proposition 5 for $S$, then check
+# your answer by measurement.
+# ```
+#
+# ```{solution-start} ch4-ex-halve
+# :class: dropdown
+# ```
+# The ratio of the two variances is
+# $\dfrac{\sigma^2 + (1-q)\mu^2 S}{\sigma^2 + (1-q)\mu^2}$. Setting it to 2
+# gives $S = \dfrac{\sigma^2 + 2(1-q)\mu^2}{(1-q)\mu^2}$.
+
+# %%
+mu, sigma2, q_keep = 1.0, 1.0, 0.9
+S_half = (sigma2 + 2 * (1 - q_keep) * mu**2) / ((1 - q_keep) * mu**2)
+r = V.gap_variance_experiment(S=round(S_half), mu=mu, sigma2=sigma2, p=1 - q_keep, n=N_IID, seed=8)
+print(f"S = {S_half:.2f}; measured H5/H4 at S = {round(S_half)}: {r['H5'] / r['H4']:.3f} "
+      f"(formula {r['H5_formula'] / r['H4_formula']:.3f})")
+assert abs(r["H5_formula"] / r["H4_formula"] - 2) < 1e-9
+assert abs(r["H5"] / r["H4"] / 2 - 1) < 2 * REL_TOL
+
+# %% [markdown]
+# ```{solution-end}
+# ```
+#
+# ```{exercise}
+# :label: ch4-ex-h6-by-hand
+#
+# A network is confident and right: its logits for ten classes are
+# $z = (6, 2, 0, \dots, 0)$ and the correct class is the first. Dropout with
+# $p = 0.1$ sits at H6. Compute by hand the loss when no logit is dropped and
+# when only the correct logit is dropped, and compare both with $\log 10$.
+# Then check with `F.cross_entropy`.
+# ```
+#
+# ```{solution-start} ch4-ex-h6-by-hand
+# :class: dropdown
+# ```
+# Kept logits are divided by $q = 0.9$. With nothing dropped the loss is
+# $\log\big(e^{6/q} + e^{2/q} + 8\big) - 6/q$, a small number. With the
+# correct logit dropped it becomes 0 and the loss is $\log\big(1 + e^{2/q} + 8\big)$,
+# larger than $\log 10$: the network was right, and with probability $p$ it is
+# told otherwise.
+
+# %%
+q_keep = 0.9
+logits = torch.tensor([6.0, 2.0] + [0.0] * 8)
+kept_all = F.cross_entropy((logits / q_keep)[None], torch.tensor([0])).item()
+dropped_correct = F.cross_entropy((logits * torch.tensor([0.0] + [1.0] * 9) / q_keep)[None], torch.tensor([0])).item()
+by_hand = (math.log(math.exp(6 / q_keep) + math.exp(2 / q_keep) + 8) - 6 / q_keep,
+           math.log(1 + math.exp(2 / q_keep) + 8))
+print(f"nothing dropped: {kept_all:.4f} (by hand {by_hand[0]:.4f}); correct logit dropped: {dropped_correct:.4f} "
+      f"(by hand {by_hand[1]:.4f}); log 10 = {math.log(10):.4f}")
+assert abs(kept_all - by_hand[0]) < 1e-5 and abs(dropped_correct - by_hand[1]) < 1e-5
+assert kept_all < math.log(10) < dropped_correct
+
+# %% [markdown]
+# ```{solution-end}
+# ```
+#
+# ```{exercise}
+# :label: ch4-ex-h7-subsample
+#
+# Show that for the gradient, dropout at H7 with the log-loss is the same as
+# no dropout on the samples whose correct-class probability survived. Draw
+# one set of masks at H7 of the reference network, compute the gradient of
+# the summed H7 loss with respect to the FC weights, and compare it with the
+# gradient of the summed cross-entropy, without dropout, over the samples
+# whose correct class was kept.
+# ```
+#
+# ```{solution-start} ch4-ex-h7-subsample
+# :class: dropdown
+# ```
+# For a kept correct class the loss is $-\log(\hat y_c/q) = -\log \hat y_c + \log q$:
+# the same gradient as without dropout. A dropped correct class gives a
+# constant loss, no gradient. The other classes' probabilities do not enter
+# the log-loss at all.
+
+# %%
+h7_net = models.with_head_dropout(reference, "H7", P).eval()
+h7_net.head[-1].train()  # only the dropout layer samples; BN uses its running statistics
+torch.manual_seed(9)
+probs = h7_net.head(features)
+p_correct = probs.gather(1, y_maps[:, None]).squeeze(1)
+kept = p_correct > 0
+h7_loss_sum = -torch.log(p_correct.clamp_min(train.EPS)).sum()
+grad_h7, = torch.autograd.grad(h7_loss_sum, h7_net.head[-3].weight)  # the FC layer: Linear, Softmax, Dropout
+ce_kept = F.cross_entropy(reference.head(features[kept]), y_maps[kept], reduction="sum")
+grad_ce, = torch.autograd.grad(ce_kept, reference.head[-1].weight)
+print(f"{int((~kept).sum())} of {len(kept)} correct-class probabilities dropped; "
+      f"largest gradient difference {(grad_h7 - grad_ce).abs().max().item():.2e} "
+      f"(gradient scale {grad_ce.abs().max().item():.2e})")
+assert torch.allclose(grad_h7, grad_ce, rtol=1e-3, atol=1e-5 * grad_ce.abs().max().item())
+
+# %% [markdown]
+# ```{solution-end}
+# ```
