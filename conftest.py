@@ -14,6 +14,9 @@ from collections import Counter
 import pytest
 
 os.environ.setdefault("DROPLAB_SCALE", "smoke")
+# One torch thread per process: on a busy 2-core machine torch's two OpenMP threads
+# spin against other processes and ran chapters up to 5x slower (measured while writing them).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
 # Notebooks run at test time write their run records to a scratch folder, so a
 # test run never reuses (or leaves behind) records of an earlier run.

@@ -68,8 +68,8 @@ WIDTHS = scale.pick(smoke=(128, 256), class_=(128, 256, 512), paper=(128, 256, 5
 MEANS_W = (-0.05, -0.02, 0.0, 0.02, 0.05)  # E[W] of the weights in Figure 1; Var[W] = 2/n
 BATCH_P2 = scale.pick(smoke=2_000, class_=5_000, paper=100_000)  # mini-batch of the Figure 1 module test
 SEEDS_P2 = scale.pick(smoke=2, class_=2, paper=2)  # fresh weights, inputs and masks per seed
-KEEP = (0.5, 0.6, 0.7, 0.8, 0.9)  # keep probabilities q of Figure 3
-VAR_X0 = (0.1, 0.3, 1.0, 3.0, 10.0)  # Var[x0] of Figure 3
+KEEP = scale.pick(smoke=(0.5, 0.7, 0.9), class_=(0.5, 0.6, 0.7, 0.8, 0.9), paper=(0.5, 0.6, 0.7, 0.8, 0.9))  # Figure 3
+VAR_X0 = scale.pick(smoke=(0.1, 1.0, 10.0), class_=(0.1, 0.3, 1.0, 3.0, 10.0), paper=(0.1, 0.3, 1.0, 3.0, 10.0))
 BATCH_P3 = scale.pick(smoke=2_000, class_=10_000, paper=100_000)  # Figure 3 and the depth test, width 128
 DEPTH = scale.pick(smoke=4, class_=6, paper=8)  # stacked blocks in the depth test
 EXPERIMENT = sweep.get("residual")
@@ -398,7 +398,8 @@ blocks_l = np.arange(1, DEPTH + 1)
 eq31 = [V.ratio_residual_depth(P_MODULE, 1.0, int(l)) for l in blocks_l]
 print("block  " + "  ".join(f"{pos:>6}" for pos in POS_DEPTH) + "   Eq. 31  Eq. 29")
 for i, l in enumerate(blocks_l):
-    print(f"{l:5}  " + "  ".join(f"{depth_shift[pos][i]:6.3f}" for pos in POS_DEPTH) + f"   {eq31[i]:6.3f}  {eq29:6.3f}")
+    measured = "  ".join(f"{depth_shift[pos][i]:6.3f}" for pos in POS_DEPTH)
+    print(f"{l:5}  {measured}   {eq31[i]:6.3f}  {eq29:6.3f}")
 
 # %%
 with plots.style():
