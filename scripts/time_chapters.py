@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, no GPU used"
-    table = "\n".join(f"| `{stem}` | {t['smoke']} | {t['class']} |" for stem, t in rows.items())
+    table = "\n".join(["| chapter | smoke | class |", "|---|---|---|"]
+                      + [f"| `{stem}` | {t['smoke']} | {t['class']} |" for stem, t in rows.items()])
     block = f"{START}\n{table}\n\nMeasured on: {machine}.\n{END}"
     if START in text and END in text:
         text = re.sub(re.escape(START) + ".*?" + re.escape(END), block, text, flags=re.S)
