@@ -571,7 +571,7 @@ print(f"H4 beats H5 in {h4_wins} of {len(quoted)} rows and beats no dropout in "
 
 # %% [markdown]
 # The paper's effects are small, mostly a fraction of a percentage point
-# and about a point at most, reported without spread over the runs. Now the
+# and never much more than one, reported without spread over the runs. Now the
 # live re-run: `droplab.sweep` trains the `head` experiment's networks (head
 # conv, dropout $p$ as above) without dropout, with dropout at H4, at H5, and
 # at H4 together with P6 in every residual block (Guidelines 1 and 2
