@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from droplab import data, models, plots, repro, scale, sweep, train, variance
+from droplab import data, metrics, models, plots, repro, scale, train, variance
 from droplab import dropout as D
 
 dev = repro.device()
@@ -423,14 +423,14 @@ for p_, seed in tqdm([(p_, s) for p_ in RATES for s in range(SEEDS)], desc="rate
     hist = train.fit(net, train_set, test_set, EPOCHS, seed=seed, progress=False, **RECIPE)
     runs[p_, seed] = dict(model=net, history=hist, train_acc=train.evaluate(net, train_set)[1],
                           test_acc=hist.final_test_acc)
-summary = {p_: {k: sweep.mean_ci95([runs[p_, s][k] for s in range(SEEDS)]) for k in ("train_acc", "test_acc")}
+summary = {p_: {k: metrics.mean_ci95([runs[p_, s][k] for s in range(SEEDS)]) for k in ("train_acc", "test_acc")}
            for p_ in RATES}
 gaps = {p_: [runs[p_, s]["train_acc"] - runs[p_, s]["test_acc"] for s in range(SEEDS)] for p_ in RATES}
 print(f"{'p':>4} {'train acc (eval mode)':>22} {'test acc':>16} {'gap':>16}"
       f"   ({SEEDS} seeds, mean ± 95% CI)")
 for p_ in RATES:
     (tr, tr_ci), (te, te_ci) = summary[p_]["train_acc"], summary[p_]["test_acc"]
-    gm, gci = sweep.mean_ci95(gaps[p_])
+    gm, gci = metrics.mean_ci95(gaps[p_])
     print(f"{p_:4.1f} {100 * tr:14.2f} ± {100 * tr_ci:4.2f} {100 * te:8.2f} ± {100 * te_ci:4.2f} "
           f"{100 * gm:8.2f} ± {100 * gci:4.2f}")
 
@@ -458,7 +458,7 @@ plt.show()
 with plots.style():
     fig, ax = plots.figure("Dropout shrinks the gap between train and test accuracy", "drop probability p",
                            "train − test accuracy (points)")
-    gap_stats = [sweep.mean_ci95([100 * g for g in gaps[p_]]) for p_ in RATES]
+    gap_stats = [metrics.mean_ci95([100 * g for g in gaps[p_]]) for p_ in RATES]
     plots.bars_with_ci(ax, [f"{p_}" for p_ in RATES], [m for m, _ in gap_stats], [c for _, c in gap_stats])
 plt.show()
 

@@ -53,7 +53,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from droplab import data, dropout, models, plots, repro, scale, sweep, train, variance
+from droplab import data, dropout, metrics, models, plots, repro, scale, train, variance
 
 print(f"scale: {scale.current()}   device: {repro.device()}   torch {torch.__version__}")
 
@@ -341,7 +341,7 @@ for name in placements:
 fig, ax = plots.figure("Dropout before every BN: the variance shift compounds with depth",
                        "BN layer (depth in the network)", "test variance / running variance")
 before, last = "dropout before every BN", "dropout after the last BN"
-ci = lambda a: np.array([sweep.mean_ci95(list(col))[1] for col in a.T])  # noqa: E731  (95% CI over seeds)
+ci = lambda a: np.array([metrics.mean_ci95(list(col))[1] for col in a.T])  # noqa: E731  (95% CI over seeds)
 product_model = np.cumprod(by_seed(eq6_alone, before), axis=1).mean(0)
 plots.measured_vs_analytic(ax, depth, by_seed(ratio, before).mean(0), None,
                            label=before, err=ci(by_seed(ratio, before)), color=plots.PALETTE[0])
@@ -384,10 +384,10 @@ else:
 
 # %%
 for name in placements:
-    mean, half = sweep.mean_ci95(list(by_seed(accuracy, name)))
+    mean, half = metrics.mean_ci95(list(by_seed(accuracy, name)))
     print(f"{name:32s} test accuracy {100 * mean:5.1f} ± {100 * half:4.1f} %   (seeds: {np.round(100 * by_seed(accuracy, name), 1)})")
 gap = by_seed(accuracy, last) - by_seed(accuracy, before)
-gap_mean, gap_ci = sweep.mean_ci95(list(gap))
+gap_mean, gap_ci = metrics.mean_ci95(list(gap))
 print(f"after the last BN minus before every BN: {100 * gap_mean:.1f} ± {100 * gap_ci:.1f} points")
 
 # %% [markdown]
@@ -454,9 +454,9 @@ assert worst_recal < 0.05
 gain = {}
 for name in placements:
     gain[name] = by_seed(accuracy_recal, name) - by_seed(accuracy, name)
-    before_m, before_ci = sweep.mean_ci95(list(by_seed(accuracy, name)))
-    after_m, after_ci = sweep.mean_ci95(list(by_seed(accuracy_recal, name)))
-    gain_m, gain_ci = sweep.mean_ci95(list(gain[name]))
+    before_m, before_ci = metrics.mean_ci95(list(by_seed(accuracy, name)))
+    after_m, after_ci = metrics.mean_ci95(list(by_seed(accuracy_recal, name)))
+    gain_m, gain_ci = metrics.mean_ci95(list(gain[name]))
     print(f"{name:32s} {100 * before_m:5.1f} ± {100 * before_ci:4.1f} %  ->  {100 * after_m:5.1f} ± {100 * after_ci:4.1f} %"
           f"   gain {100 * gain_m:+5.1f} ± {100 * gain_ci:4.1f} points")
 
@@ -465,7 +465,7 @@ fig, ax = plots.figure("Recalibrating BN recovers what the variance shift cost",
                        "network", "test accuracy (%)", figsize=(7.5, 4.0))
 labels = ["before\nevery BN", "after the\nlast BN", "after every\nBN-ReLU", "uniform noise\nbefore every BN"]
 for offset, table, tag in ((-0.2, accuracy, "as trained"), (0.2, accuracy_recal, "recalibrated")):
-    stats = [sweep.mean_ci95(list(100 * by_seed(table, name))) for name in placements]
+    stats = [metrics.mean_ci95(list(100 * by_seed(table, name))) for name in placements]
     ax.bar(np.arange(4) + offset, [m for m, _ in stats], width=0.4, yerr=[c for _, c in stats],
            capsize=4, edgecolor="black", linewidth=0.5, label=tag)
 ax.set_xticks(np.arange(4))
@@ -488,8 +488,8 @@ plt.show()
 # their intervals and not asserted: with a few seeds they are noisy.
 
 # %%
-g_before = sweep.mean_ci95(list(gain[before]))
-g_last = sweep.mean_ci95(list(gain[last]))
+g_before = metrics.mean_ci95(list(gain[before]))
+g_last = metrics.mean_ci95(list(gain[last]))
 gap_left = by_seed(accuracy, last).mean() - by_seed(accuracy_recal, before).mean()
 print(f"gain, dropout before every BN: {100 * g_before[0]:+.1f} ± {100 * g_before[1]:.1f} points;"
       f" dropout after the last BN: {100 * g_last[0]:+.1f} ± {100 * g_last[1]:.1f} points")
@@ -588,9 +588,9 @@ uniform = "uniform noise before every BN"
 r_uniform = by_seed(ratio, uniform).mean(0)
 print(f"uniform noise before every BN, ratio by depth: {np.round(r_uniform, 3)}")
 print(f"dropout before every BN,       ratio by depth: {np.round(r_before, 3)}")
-mean_u, ci_u = sweep.mean_ci95(list(by_seed(accuracy, uniform)))
+mean_u, ci_u = metrics.mean_ci95(list(by_seed(accuracy, uniform)))
 print(f"accuracy with uniform noise: {100 * mean_u:.1f} ± {100 * ci_u:.1f} %  (dropout before every BN: "
-      f"{100 * sweep.mean_ci95(list(by_seed(accuracy, before)))[0]:.1f} %)")
+      f"{100 * metrics.mean_ci95(list(by_seed(accuracy, before)))[0]:.1f} %)")
 if scale.current() != "smoke":
     assert abs(r_uniform[0] - by_seed(eq6_alone, uniform).mean(0)[0]) < 0.03, "first BN: the Eq. 6 value of matched noise"
     assert r_uniform[-1] < r_uniform[0] - 0.1, "the shift of uniform noise compounds with depth too"
@@ -718,11 +718,11 @@ assert positive[-1] > zero[-1] + 0.3, (positive[-1], zero[-1])
 # %%
 every = "dropout after every BN-ReLU"
 r_every = by_seed(ratio, every).mean(0)
-acc_every = sweep.mean_ci95(list(by_seed(accuracy, every)))
+acc_every = metrics.mean_ci95(list(by_seed(accuracy, every)))
 print(f"dropout after every BN-ReLU, ratio by depth: {np.round(r_every, 3)}")
 print(f"accuracy {100 * acc_every[0]:.1f} ± {100 * acc_every[1]:.1f} %, recalibrated "
-      f"{100 * sweep.mean_ci95(list(by_seed(accuracy_recal, every)))[0]:.1f} %; dropout after the last BN: "
-      f"{100 * sweep.mean_ci95(list(by_seed(accuracy, last)))[0]:.1f} %")
+      f"{100 * metrics.mean_ci95(list(by_seed(accuracy_recal, every)))[0]:.1f} %; dropout after the last BN: "
+      f"{100 * metrics.mean_ci95(list(by_seed(accuracy, last)))[0]:.1f} %")
 
 # %% [markdown]
 # Its first BN has no dropout in front of it and is not shifted; from the

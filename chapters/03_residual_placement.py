@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from droplab import data, models, plots, repro, scale, sweep
+from droplab import data, metrics, models, plots, repro, scale, sweep
 from droplab import dropout as D
 from droplab import variance as V
 
@@ -581,7 +581,7 @@ print(f"wall time of the runs: {sum(r['wall_seconds'] for r in records):.0f} s")
 # %%
 acc = {(r["config"]["name"], r["seed"]): r[sweep.METRIC] for r in records}
 paired = {c: [acc[(c, s)] - acc[("none", s)] for s in range(SEEDS)] for c in TABLE1[1:]}
-paired_ci = {c: sweep.mean_ci95(v) for c, v in paired.items()}
+paired_ci = {c: metrics.mean_ci95(v) for c, v in paired.items()}
 print(f"{'':6}{'ours: diff ± 95% CI':>24}   " + "".join(f"{c:>13}" for c in QUOTED_COLUMNS) + "   (quoted)")
 for c, (m, ci) in paired_ci.items():
     ours = f"{100 * m:+7.2f} ± {100 * ci:5.2f}" if math.isfinite(ci) else f"{100 * m:+7.2f} (1 seed)"
@@ -704,7 +704,7 @@ variant_rows = sweep.table(variant_records)
 print(sweep.format_table(variant_rows))
 print(f"wall time of the runs: {sum(r['wall_seconds'] for r in variant_records):.0f} s")
 vacc = {(r["config"]["name"], r["seed"]): r[sweep.METRIC] for r in variant_records}
-variant_paired = {arch: sweep.mean_ci95([vacc[(f"{arch}-P6", s)] - vacc[(f"{arch}-none", s)]
+variant_paired = {arch: metrics.mean_ci95([vacc[(f"{arch}-P6", s)] - vacc[(f"{arch}-none", s)]
                                          for s in range(SEEDS_VARIANTS)]) for arch in ("bottleneck", "resnetv1")}
 for arch, (m, ci) in variant_paired.items():
     spread = f"± {100 * ci:.2f} points (paired, 95% CI)" if math.isfinite(ci) else "points (1 seed, no interval)"

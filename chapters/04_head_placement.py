@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from droplab import data, models, plots, repro, scale, sweep, train
+from droplab import data, metrics, models, plots, repro, scale, sweep, train
 from droplab import dropout as D
 from droplab import variance as V
 
@@ -78,8 +78,9 @@ print(f"scale: {scale.current()}   device: {repro.device_name(dev)}   torch {tor
 # %%
 EXPERIMENT = sweep.get("head")
 DATASET = EXPERIMENT.dataset  # Fashion-MNIST; CIFAR-10 records are shown in section 6 where they exist
-SIZES = EXPERIMENT.sizes[scale.current()]  # depth, width, epochs, images, batch size, p of the sweep
-REF_SIZES = scale.pick(smoke=dataclasses.replace(SIZES, train_size=1024, epochs=2), class_=SIZES, paper=SIZES)
+SIZES = EXPERIMENT.sizes[scale.current()]  # depth, width, images, p and training recipe of the sweep
+REF_SIZES = scale.pick(smoke=dataclasses.replace(SIZES, train_size=1024, recipe=dataclasses.replace(SIZES.recipe, epochs=2)),
+                       class_=SIZES, paper=SIZES)
 P = SIZES.p  # drop probability in the head (PyTorch's p); Kim et al.'s keep probability is q = 1 - P
 SEEDS = scale.pick(smoke=2, class_=3, paper=3)  # seeds of the live sweep
 TABLE5 = ["none", "H4", "H5", "P6+H4"]  # the configs of the live sweep (H3 joins for one seed, section 5)
@@ -94,7 +95,7 @@ train_set = data.subset(full_train, REF_SIZES.train_size or len(full_train.label
 test_set = data.subset(full_test, SIZES.test_size or len(full_test.labels), seed=0)  # the sweep's test images
 print(f"{DATASET}: {len(train_set.labels)} training and {len(test_set.labels)} test images {info.shape}")
 print(f"PreResNet-{SIZES.depth}, width {SIZES.width}, head dropout p = {P} (q = {1 - P:.2f}), "
-      f"{REF_SIZES.epochs} epochs for the reference network")
+      f"{REF_SIZES.recipe.epochs} epochs for the reference network")
 
 # %% [markdown]
 # ## 1. The head and its seven positions
@@ -152,9 +153,7 @@ for at, (before, after) in NEIGHBOURS.items():
 repro.seed_everything(MODEL_SEED)
 reference = models.PreResNet(REF_SIZES.depth, num_classes=info.num_classes, in_channels=info.shape[0],
                              width=REF_SIZES.width, head_conv=True, p=P)
-history = train.fit(reference, train_set, test_set, REF_SIZES.epochs, batch_size=REF_SIZES.batch_size,
-                    lr=REF_SIZES.lr, warmup_epochs=REF_SIZES.warmup_epochs, seed=MODEL_SEED,
-                    **sweep.AUGMENT[DATASET])
+history = train.fit(reference, train_set, test_set, REF_SIZES.recipe, seed=MODEL_SEED, **sweep.AUGMENT[DATASET])
 print(f"reference network (no dropout): test accuracy {history.final_test_acc:.4f} "
       f"after {history.epochs_run} epochs, {sum(history.seconds):.1f} s")
 
@@ -593,7 +592,7 @@ print(f"wall time of the runs: {sum(r['wall_seconds'] for r in records):.0f} s")
 # accuracy it shows which regime these runs are in.
 
 # %%
-fit_gap = {c: sweep.mean_ci95([r["history"]["train_acc"][-1] - r[sweep.METRIC] for r in records
+fit_gap = {c: metrics.mean_ci95([r["history"]["train_acc"][-1] - r[sweep.METRIC] for r in records
                                if r["config"]["name"] == c]) for c in TABLE5}
 for c, (gap, ci) in fit_gap.items():
     print(f"{c:6} last-epoch training accuracy − test accuracy: {100 * gap:+6.2f} ± {100 * ci:5.2f} points")
@@ -613,7 +612,7 @@ print("the networks fit their training images no better than the test images: th
 acc = {(r["config"]["name"], r["seed"]): r[sweep.METRIC] for r in records}
 paired = {f"{c} − none": [acc[(c, s)] - acc[("none", s)] for s in range(SEEDS)] for c in TABLE5[1:]}
 paired["H4 − H5"] = [acc[("H4", s)] - acc[("H5", s)] for s in range(SEEDS)]
-paired_ci = {k: sweep.mean_ci95(v) for k, v in paired.items()}
+paired_ci = {k: metrics.mean_ci95(v) for k, v in paired.items()}
 for k, (mean, ci) in paired_ci.items():
     verdict = "unresolved (the CI contains 0)" if not abs(mean) > ci else ("positive" if mean > 0 else "negative")
     print(f"{k:14} {100 * mean:+6.2f} ± {100 * ci:5.2f} points   {verdict}")

@@ -123,7 +123,7 @@ full_train, full_test = data.load("fashion-mnist", "train"), data.load("fashion-
 train_set = data.subset(full_train, N_TRAIN, seed=0)
 test_set = data.subset(full_test, N_TEST, seed=1)
 # mean ± 95% CI half-width over seeds, in %; one seed gives no interval
-pm = lambda values: (lambda m, c: f"{100 * m:6.2f} ± {100 * c:5.2f}" if math.isfinite(c) else f"{100 * m:6.2f} (1 seed)")(*sweep.mean_ci95(values))  # noqa: E731
+pm = lambda values: (lambda m, c: f"{100 * m:6.2f} ± {100 * c:5.2f}" if math.isfinite(c) else f"{100 * m:6.2f} (1 seed)")(*metrics.mean_ci95(values))  # noqa: E731
 # a (mean, half-width) pair as text, e.g. a paired difference in points (k = 100) or in epochs (k = 1)
 pmd = lambda d, digits=2, k=100: f"{k * d[0]:+.{digits}f} ± {k * d[1]:.{digits}f}" if math.isfinite(d[1]) else f"{k * d[0]:+.{digits}f} (1 seed)"  # noqa: E731
 print(f"seeds {SEEDS}; {len(train_set.labels)} training and {len(test_set.labels)} test images")
@@ -403,7 +403,7 @@ with plots.style():
     names = list(recal_acc)
     xs = np.arange(len(names))
     for k, (label, accs) in enumerate((("as trained", cnn_acc), ("BN recalibrated", recal_acc))):
-        stats_ = [sweep.mean_ci95(accs[n]) for n in names]
+        stats_ = [metrics.mean_ci95(accs[n]) for n in names]
         ax.bar(xs + (k - 0.5) * 0.38, [100 * m for m, _ in stats_], width=0.38, label=label,
                yerr=[100 * c if math.isfinite(c) else 0 for _, c in stats_], capsize=3)
     ax.set_xticks(xs)
@@ -903,7 +903,7 @@ for shift_name in shifted:
 # above 0.5, and ranks it *below* the test images if the interval lies below.
 
 # %%
-auc_mc = {s: sweep.mean_ci95(auc[s, "MC dropout"]) for s in shifted}
+auc_mc = {s: metrics.mean_ci95(auc[s, "MC dropout"]) for s in shifted}
 flag9 = {s: metrics.resolved_sign(m - 0.5, c) for s, (m, c) in auc_mc.items()}
 gain9 = {s: metrics.paired_difference(auc[s, "MC dropout"], auc[s, "same net, one pass"]) for s in shifted}
 for s in shifted:
@@ -916,7 +916,7 @@ with plots.style():
     fig, ax = plots.figure(title9, "shift", "AUROC of predictive entropy (%)")
     xs = np.arange(len(shifted))
     for k, m in enumerate(methods):
-        stats_ = [sweep.mean_ci95(auc[s, m]) for s in shifted]
+        stats_ = [metrics.mean_ci95(auc[s, m]) for s in shifted]
         ax.bar(xs + (k - 1) * 0.27, [100 * v for v, _ in stats_], width=0.27, label=m,
                yerr=[100 * c if math.isfinite(c) else 0 for _, c in stats_], capsize=3)
     ax.axhline(50, color="black", linestyle="--", linewidth=1, label="chance")

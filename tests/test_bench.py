@@ -26,6 +26,13 @@ def test_bench_reports_images_per_second_of_both_paths_and_their_ratio():
     assert "achieved_tflops" not in r                     # FLOP/s only on CUDA
     json.dumps(r)
     assert "ratio fast / reference" in bench.format_result(r)
+    assert r["fit_fp32_images_per_s"] > 0 and r["fast_path"]["precision"] in ("fp32", "bf16")
+
+
+def test_bench_times_a_sweep_with_one_and_two_workers():
+    r = bench.sweep_workers(runs=2, workers=(1, 2), device="cpu")
+    assert set(r["seconds"]) == {"1", "2"} and r["speedup"]["1"] == 1.0 and r["runs"] == 2
+    assert all(v > 0 for v in r["seconds"].values())
 
 
 def test_bench_32_pixel_inputs_have_three_channels():

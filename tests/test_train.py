@@ -142,3 +142,41 @@ def test_eval_every_skips_test_epochs(synthetic):
 def test_bad_schedule_says_what_is_valid(synthetic):
     with pytest.raises(ValueError, match="cosine, linear"):
         train.fit(models.MLP(hidden=(8,)), *synthetic, epochs=1, schedule="step", progress=False)
+
+
+def test_the_fast_path_uses_bf16_only_where_the_cpu_has_it_natively(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(train, "native_bf16", lambda dev: False)
+    emulated = train.fast_path(train.Recipe(), cpu)
+    assert (emulated.precision, emulated.channels_last) == ("fp32", False)
+    assert "no native bf16" in emulated.reason
+    monkeypatch.setattr(train, "native_bf16", lambda dev: True)
+    native = train.fast_path(train.Recipe(), cpu)
+    assert (native.precision, native.channels_last) == ("bf16", True)
+    forced = train.fast_path(train.Recipe(precision="fp32", channels_last=False), cpu)
+    assert (forced.precision, forced.channels_last, forced.reason) == ("fp32", False, "set by the recipe")
+
+
+def test_bf16_training_learns_and_says_so_in_its_history(synthetic):
+    torch.manual_seed(0)
+    model = models.MLP(hidden=(64,))
+    hist = train.fit(model, *synthetic, epochs=2, batch_size=64, lr=0.05, warmup_epochs=0.2, flip=False,
+                     precision="bf16", device="cpu", progress=False)
+    assert hist.precision == "bf16" and hist.to_dict()["precision"] == "bf16"
+    assert hist.final_test_acc > 0.5                      # chance is 0.1
+    assert train.History.from_dict(hist.to_dict()).precision == "bf16"
+
+
+def test_a_recipe_and_keyword_changes_are_the_same_run(synthetic):
+    small = data.subset(synthetic[0], 256), data.subset(synthetic[1], 128)
+    recipe = train.Recipe(epochs=1, batch_size=64, lr=0.05, augment=False)
+    a = train.fit(small_resnet(), *small, recipe, device="cpu", progress=False)
+    b = train.fit(small_resnet(), *small, 1, batch_size=64, lr=0.05, augment=False, device="cpu", progress=False)
+    assert a.train_loss == b.train_loss and a.test_acc == b.test_acc
+
+
+def test_a_bad_recipe_says_what_is_valid():
+    with pytest.raises(ValueError, match="valid precisions are auto, bf16, fp32"):
+        train.Recipe(precision="fp16")
+    with pytest.raises(TypeError, match="fields of a training Recipe are epochs, batch_size"):
+        train.fit(models.MLP(hidden=(8,)), data.synthetic("train", n=64), None, 1, learning_rate=0.1)

@@ -6,8 +6,10 @@
 Both paths train the same network from the same weights on the same random
 images, in the same process:
 
-- **fast**: :func:`droplab.train.fit` (data on the device, batched crop+flip,
-  no per-step host sync; bf16 autocast, channels_last and fused SGD on CUDA);
+- **fast**: :func:`droplab.train.fit` with its defaults (data on the device,
+  batched crop+flip, no per-step host sync; bf16 autocast and channels_last
+  where the device has native bf16; fused SGD on CUDA), beside ``fit`` in fp32
+  with contiguous tensors (the CPU path before those defaults);
 - **reference**: a ``DataLoader`` over a ``TensorDataset`` with per-sample
   torchvision v2 transforms (RandomCrop with padding, RandomHorizontalFlip),
   fp32, eager, ``loss.item()`` every step, as in the PyTorch tutorials.
@@ -25,6 +27,7 @@ import json
 import re
 import sys
 import time
+from dataclasses import asdict, replace
 from typing import Any, Sequence
 
 import torch
@@ -104,13 +107,31 @@ def step_flops(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
+def _fit_ips(net: nn.Module, x: torch.Tensor, y: torch.Tensor, dev: torch.device, recipe: Any,
+             seed: int) -> tuple[float, Any]:
+    """Images/s of the second of two epochs of ``fit`` (the first warms up kernels / compiles)."""
+    from droplab import train
+
+    hist = train.fit(net, (x, y), None, recipe, device=dev, progress=False, seed=seed)
+    per_epoch = (len(y) // recipe.batch_size) * recipe.batch_size
+    return per_epoch / hist.seconds[-1], net.fast_path
+
+
 def run(model: str = "preresnet8", input_size: int = 28, images: int = 512, batch_size: int = 128,
         width: int = 16, device: str | None = None, compile: bool = False, workers: int = 0,
         seed: int = 0) -> dict[str, Any]:
-    """Measure both paths; returns a dict with images/s of each, their ratio and, on CUDA, TFLOP/s.
+    """Measure three paths on the same network, weights and random images, in one run.
 
+    - ``reference``: the plain DataLoader loop (:func:`reference_epoch`);
+    - ``fit_fp32``: :func:`droplab.train.fit` in fp32 with contiguous tensors,
+      the CPU path before the fast-path defaults;
+    - ``fast``: ``fit`` with its defaults (:func:`droplab.train.fast_path`:
+      bf16 and channels_last where the device has native bf16).
+
+    Returns images/s of each, ``ratio`` fast / reference, the fast path chosen
+    and, on CUDA, the achieved TFLOP/s and its share of the device's bf16 peak.
     ``input_size`` 28 means 1-channel images (Fashion-MNIST-like), 32 means
-    3-channel (CIFAR-like); the images are random, labels random in 10 classes.
+    3-channel (CIFAR-like); images and labels (10 classes) are random.
     """
     from droplab import models, repro, train
 
@@ -126,15 +147,12 @@ def run(model: str = "preresnet8", input_size: int = 28, images: int = 512, batc
     y = torch.randint(0, 10, (images,), generator=gen)
     torch.manual_seed(seed)
     net = models.PreResNet(_depth(model), in_channels=channels, width=width)
-    ref_net = copy.deepcopy(net).to(dev)
+    fp32_net, ref_net = copy.deepcopy(net), copy.deepcopy(net).to(dev)
     stats = train.input_stats(x)
+    recipe = train.Recipe(epochs=2, batch_size=batch_size, lr=0.05, warmup_epochs=0, pad=pad, compile=compile)
 
-    # fast path: two epochs of fit, the second one timed (the first warms up kernels / compiles)
-    hist = train.fit(net, (x, y), None, 2, batch_size=batch_size, lr=0.05, warmup_epochs=0, pad=pad,
-                     device=dev, compile=compile, progress=False, seed=seed)
-    per_epoch = (images // batch_size) * batch_size
-    fast_ips = per_epoch / hist.seconds[-1]
-
+    fast_ips, path = _fit_ips(net, x, y, dev, recipe, seed)
+    fp32_ips, _ = _fit_ips(fp32_net, x, y, dev, replace(recipe, precision="fp32", channels_last=False), seed)
     # reference: a warm-up of two batches, then one timed epoch
     reference_epoch(ref_net, x, y, batch_size, pad, stats, dev, workers, max_batches=2)
     secs, seen = reference_epoch(ref_net, x, y, batch_size, pad, stats, dev, workers)
@@ -143,8 +161,9 @@ def run(model: str = "preresnet8", input_size: int = 28, images: int = 512, batc
     out: dict[str, Any] = {
         "model": model, "width": width, "input": f"{channels}x{input_size}x{input_size}", "images": images,
         "batch_size": batch_size, "compile": compile, "workers": workers,
-        "num_parameters": models.num_parameters(net),
-        "fast_images_per_s": fast_ips, "reference_images_per_s": ref_ips, "ratio": fast_ips / ref_ips,
+        "threads": torch.get_num_threads(), "num_parameters": models.num_parameters(net),
+        "fast_images_per_s": fast_ips, "fit_fp32_images_per_s": fp32_ips, "reference_images_per_s": ref_ips,
+        "ratio": fast_ips / ref_ips, "fast_path": asdict(path),
         "device": str(dev), "device_name": repro.device_name(dev),
     }
     if dev.type == "cuda":
@@ -158,17 +177,67 @@ def run(model: str = "preresnet8", input_size: int = 28, images: int = 512, batc
     return out
 
 
+def epoch_seconds(model: str = "preresnet20", dataset: str = "fashion-mnist", batch_size: int = 512,
+                  width: int = 16, device: str | None = None, compile: bool = False) -> dict[str, Any]:
+    """Wall time of one full training epoch of ``fit`` on a real data set (after one warm-up epoch)."""
+    from droplab import data, models, repro, train
+
+    dev = repro.device(device)
+    tr = data.load(dataset, "train")
+    info = data.info(dataset)
+    torch.manual_seed(0)
+    net = models.PreResNet(_depth(model), in_channels=info.shape[0], num_classes=info.num_classes, width=width)
+    hist = train.fit(net, tr, None, train.Recipe(epochs=2, batch_size=batch_size, compile=compile), device=dev,
+                     progress=False)
+    return {"model": model, "dataset": dataset, "images": len(tr.labels), "batch_size": batch_size,
+            "epoch_seconds": hist.seconds[-1], "first_epoch_seconds": hist.seconds[0],
+            "fast_path": asdict(net.fast_path), "device_name": repro.device_name(dev)}
+
+
+def sweep_workers(runs: int = 4, workers: Sequence[int] = (1, 2), scale: str = "smoke",
+                  device: str | None = None) -> dict[str, Any]:
+    """Wall time of a sweep of ``runs`` runs (the residual experiment's sizes at ``scale``, on
+    the synthetic set) with each number of ``workers``, every time from an empty folder."""
+    import tempfile
+
+    from droplab import sweep
+
+    exp = sweep.get("residual")
+    only = exp.config_names[:runs]
+    out: dict[str, Any] = {"runs": len(only), "scale": scale, "seconds": {}}
+    for w in workers:
+        with tempfile.TemporaryDirectory(prefix="droplab-bench-") as tmp:
+            t0 = time.perf_counter()
+            sweep.run(exp, scale, 1, only=only, dataset="synthetic", results_dir=tmp, device=device,
+                      progress=False, workers=w)
+            out["seconds"][str(w)] = time.perf_counter() - t0
+    first = out["seconds"][str(workers[0])]
+    out["speedup"] = {k: first / v for k, v in out["seconds"].items()}
+    return out
+
+
 def format_result(r: dict[str, Any]) -> str:
+    fp = r["fast_path"]
     lines = [f"{r['model']} (width {r['width']}, {r['num_parameters']:,} parameters), input {r['input']}, "
-             f"{r['images']} images, batch {r['batch_size']}, on {r['device_name']}",
-             f"{'path':<34} {'images/s':>12}",
-             f"{'fast (droplab.train.fit)':<34} {r['fast_images_per_s']:>12,.0f}",
-             f"{'reference (DataLoader, v2, fp32)':<34} {r['reference_images_per_s']:>12,.0f}",
-             f"{'ratio fast / reference':<34} {r['ratio']:>12.2f}"]
+             f"{r['images']} images, batch {r['batch_size']}, {r['threads']} torch thread(s), on {r['device_name']}",
+             f"{'path':<44} {'images/s':>12}",
+             f"{'fast (fit: ' + fp['precision'] + (', channels_last' if fp['channels_last'] else '') + ')':<44} "
+             f"{r['fast_images_per_s']:>12,.0f}",
+             f"{'fit, fp32, contiguous (the earlier CPU path)':<44} {r['fit_fp32_images_per_s']:>12,.0f}",
+             f"{'reference (DataLoader, v2, fp32)':<44} {r['reference_images_per_s']:>12,.0f}",
+             f"{'ratio fast / reference':<44} {r['ratio']:>12.2f}",
+             f"fast path: {fp['reason']}"]
     if "achieved_tflops" in r:
         peak = f"{r['peak_tflops']:.0f}" if r["peak_tflops"] else "unknown"
         frac = f" ({100 * r['fraction_of_peak']:.1f}% of peak)" if r["fraction_of_peak"] else ""
-        lines.append(f"{'fast path TFLOP/s (bf16 peak ' + peak + ')':<34} {r['achieved_tflops']:>12.1f}{frac}")
+        lines.append(f"{'fast path TFLOP/s (bf16 peak ' + peak + ')':<44} {r['achieved_tflops']:>12.1f}{frac}")
+    if "epoch" in r:
+        e = r["epoch"]
+        lines.append(f"one epoch of {e['model']} on {e['dataset']} ({e['images']:,} images): {e['epoch_seconds']:.1f} s")
+    if "sweep" in r:
+        sw = r["sweep"]
+        lines.append(f"a sweep of {sw['runs']} runs ({sw['scale']} sizes): " + ", ".join(
+            f"{w} worker(s) {sec:.1f} s ({sw['speedup'][w]:.2f}x)" for w, sec in sw["seconds"].items()))
     return "\n".join(lines)
 
 
@@ -184,11 +253,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers of the reference loop")
     ap.add_argument("--compile", action="store_true", help="torch.compile the fast path")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--epoch", action="store_true", help="also time one full epoch of Fashion-MNIST")
+    ap.add_argument("--sweep", type=int, default=0, metavar="RUNS",
+                    help="also time a sweep of RUNS runs with 1 and 2 worker processes")
+    ap.add_argument("--sweep-scale", default="smoke", help="the sizes of those runs (default smoke)")
     ap.add_argument("--json", default=None, help="write the result to this file")
     args = ap.parse_args(argv)
     try:
         r = run(args.model, args.input, args.images, args.batch_size, args.width, args.device,
                 args.compile, args.workers)
+        if args.epoch:
+            r["epoch"] = epoch_seconds(args.model, batch_size=args.batch_size, width=args.width,
+                                       device=args.device, compile=args.compile)
+        if args.sweep:
+            r["sweep"] = sweep_workers(args.sweep, scale=args.sweep_scale, device=args.device)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -305,6 +305,35 @@ def subset(split: Split, n: int, seed: int = 0, balanced: bool = True) -> Split:
     return Split(split.images[idx], split.labels[idx])
 
 
+def holdout(split: Split, n_train: int | None, n_val: int, seed: int = 0) -> tuple[Split, Split]:
+    """A training subset of ``n_train`` samples (None: all the rest) and a validation set of
+    ``n_val`` samples, both drawn from ``split`` without overlap, class-balanced.
+
+    The validation images are held out of the *training* images, so sizes and
+    drop probabilities can be chosen on them without touching the test split
+    (chapters 3-4). The same ``seed`` gives the same two sets; the training
+    subset does not depend on ``n_val``'s images beyond excluding them.
+    """
+    n = len(split.labels)
+    if n_val < 0 or (n_train is not None and n_train < 1):
+        raise ValueError(f"need n_train >= 1 (or None) and n_val >= 0, got {n_train} and {n_val}")
+    if n_val + (n_train or 1) > n:
+        raise ValueError(f"cannot hold out {n_val} validation samples and train on {n_train}: "
+                         f"the split has only {n} samples")
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=gen)
+    labels = split.labels[order]
+    classes = labels.unique()
+    per = [n_val // len(classes) + (1 if i < n_val % len(classes) else 0) for i in range(len(classes))]
+    val_mask = torch.zeros(n, dtype=torch.bool)
+    for c, k in zip(classes, per):
+        val_mask[torch.nonzero(labels == c).flatten()[:k]] = True
+    val_idx, rest_idx = order[val_mask], order[~val_mask]
+    rest = Split(split.images[rest_idx], split.labels[rest_idx])
+    train = subset(rest, n_train, seed=seed) if n_train is not None else rest
+    return train, Split(split.images[val_idx], split.labels[val_idx])
+
+
 # ----------------------------------------------------------------------------
 # Device-resident augmentation (the fast path of droplab.train)
 # ----------------------------------------------------------------------------

@@ -1,5 +1,12 @@
-"""Small statistics for testing claims (chapter 5).
+"""Statistics for claims: t-quantiles, mean ± 95 % CI, paired differences, power, verdicts.
 
+- :func:`t_quantile`, :func:`mean_ci95`: Student's t and the 95 % confidence
+  interval of a mean over seeds;
+- :func:`minimum_detectable_effect`: the smallest paired difference that the
+  seeds at hand would detect with 80 % power (two-sided 5 % test);
+- :func:`verdict`: the book's one three-valued verdict on a claim that
+  predicts the sign of a difference: *supports*, *contradicts* or
+  *unresolved (smallest detectable effect X)*;
 - :func:`auroc`: the area under the ROC curve of a score that should be high
   on "out" inputs and low on "in" inputs, from ranks (Mann-Whitney U);
 - :func:`paired_difference`: mean and 95% CI half-width of per-seed
@@ -19,9 +26,80 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from droplab.sweep import mean_ci95
-
 VERDICTS: tuple[str, ...] = ("holds", "fails", "fails (noisy)")
+VERDICT_WORDS: tuple[str, ...] = ("supports", "contradicts", "unresolved")
+
+# Two-sided 95 % (t_{0.975, df}) and 80 % power (t_{0.80, df}) quantiles of Student's t, df = 1..30.
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+        2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+        2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+T80 = (1.376, 1.061, 0.978, 0.941, 0.920, 0.906, 0.896, 0.889, 0.883, 0.879,
+       0.876, 0.873, 0.870, 0.868, 0.866, 0.865, 0.863, 0.862, 0.861, 0.860,
+       0.859, 0.858, 0.858, 0.857, 0.856, 0.856, 0.855, 0.855, 0.854, 0.854)
+_Z = {0.975: 1.959964, 0.80: 0.841621}
+
+
+def t_quantile(df: int, q: float = 0.975) -> float:
+    """Student's t quantile t_{q, df} for q = 0.975 or 0.80: a table to df = 30, then the
+    Cornish-Fisher expansion z + (z^3 + z)/(4 df) + (5z^5 + 16z^3 + 3z)/(96 df^2)."""
+    if q not in _Z:
+        raise ValueError(f"t_quantile knows q = 0.975 and 0.80, got {q!r}")
+    if df < 1:
+        return math.nan
+    table = T975 if q == 0.975 else T80
+    if df <= len(table):
+        return table[df - 1]
+    z = _Z[q]
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def t975(df: int) -> float:
+    """t_{0.975, df}, the quantile of a two-sided 95 % interval."""
+    return t_quantile(df, 0.975)
+
+
+def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and 95 % CI half-width t_{0.975, n-1} s / sqrt(n); the half-width is NaN for n < 2."""
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    mean = sum(values) / n
+    if n == 1:
+        return mean, math.nan
+    s = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, t975(n - 1) * s / math.sqrt(n)
+
+
+def minimum_detectable_effect(differences: Sequence[float]) -> float:
+    """The smallest true paired difference a two-sided 5 % t-test on these ``n`` pairs would
+    detect with 80 % power: ``(t_{0.975, n-1} + t_{0.80, n-1}) s / sqrt(n)``, with ``s`` the
+    standard deviation of the observed differences (NaN for fewer than two pairs)."""
+    n = len(differences)
+    if n < 2:
+        return math.nan
+    mean = sum(differences) / n
+    s = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
+    return (t_quantile(n - 1, 0.975) + t_quantile(n - 1, 0.80)) * s / math.sqrt(n)
+
+
+def verdict(mean: float, ci95: float, claimed_sign: int, mde: float | None = None, *, unit: str = "",
+            scale: float = 1.0) -> str:
+    """The book's verdict on a claim that predicts the sign of a difference.
+
+    ``"supports"`` if the 95 % CI excludes 0 on the claimed side, ``"contradicts"``
+    if it excludes 0 on the other side, and ``"unresolved (smallest detectable
+    effect X)"`` if it contains 0: an underpowered test refutes nothing. ``X``
+    is ``mde`` times ``scale`` with ``unit`` (e.g. ``scale=100, unit=" pts"``).
+    """
+    if claimed_sign not in (1, -1):
+        raise ValueError(f"claimed_sign must be +1 (a > b) or -1 (a < b); got {claimed_sign!r}")
+    s = resolved_sign(mean, ci95)
+    if s == claimed_sign:
+        return "supports"
+    if s == -claimed_sign:
+        return "contradicts"
+    x = f"{scale * mde:.2f}{unit}" if mde is not None and math.isfinite(mde) else "not estimable from one seed"
+    return f"unresolved (smallest detectable effect {x})"
 
 
 def _flat(scores, what: str) -> np.ndarray:  # noqa: ANN001 (tensor, array or sequence)
@@ -103,4 +181,5 @@ def epochs_to_target(curve: Sequence[float], target: float) -> float:
     return float(len(curve) + 1)
 
 
-__all__ = ["VERDICTS", "auroc", "paired_difference", "resolved_sign", "directional_verdict", "epochs_to_target"]
+__all__ = ["VERDICTS", "VERDICT_WORDS", "t_quantile", "t975", "mean_ci95", "minimum_detectable_effect", "verdict",
+           "auroc", "paired_difference", "resolved_sign", "directional_verdict", "epochs_to_target"]

@@ -52,6 +52,7 @@ The library follows PyTorch: ``p`` is the probability of *dropping* a unit
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence, Union
 
 import torch
@@ -340,6 +341,47 @@ class ResNetV1(_Network):
     @property
     def blocks(self) -> list[ResidualBlock]:
         return [m for m in self.features if isinstance(m, ResidualBlock)]
+
+
+ARCHS: tuple[str, ...] = ("preresnet", "resnetv1")
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """One residual network of chapters 3-4, nanoGPT-style: everything :func:`build` needs.
+
+    ``arch`` "preresnet" (``block`` "basic" or "bottleneck") or "resnetv1";
+    ``depth`` 6n+2 (basic) or 9n+2 (bottleneck); stage widths ``width, 2 width,
+    4 width``; ``dropout_at`` P0-P7 in every block and ``head_dropout_at`` H1-H7
+    in the head (Kim et al. Figures 2 and 4), with drop probabilities ``p`` and
+    ``head_p`` (None: ``p``); ``head_conv`` adds the head's 1x1 Conv-BN-ReLU.
+    """
+
+    arch: str = "preresnet"
+    block: str = "basic"
+    depth: int = 20
+    width: int = 16
+    dropout_at: str | None = None
+    p: float = 0.1
+    head_dropout_at: str | None = None
+    head_p: float | None = None
+    head_conv: bool = False
+    in_channels: int = 1
+    num_classes: int = 10
+
+
+def build(cfg: NetConfig) -> nn.Module:
+    """The network ``cfg`` describes (a :class:`PreResNet` or :class:`ResNetV1`)."""
+    common = dict(num_classes=cfg.num_classes, in_channels=cfg.in_channels, width=cfg.width,
+                  dropout_at=cfg.dropout_at, head_dropout_at=cfg.head_dropout_at, p=cfg.p,
+                  head_p=cfg.head_p, head_conv=cfg.head_conv)
+    if cfg.arch == "resnetv1":
+        if cfg.block != "basic":
+            raise ValueError(f"a ResNetV1 has basic blocks only, got block={cfg.block!r}")
+        return ResNetV1(cfg.depth, **common)
+    if cfg.arch == "preresnet":
+        return PreResNet(cfg.depth, block=cfg.block, **common)
+    raise ValueError(f"unknown arch {cfg.arch!r}; valid archs are {', '.join(ARCHS)}")
 
 
 # ----------------------------------------------------------------------------
