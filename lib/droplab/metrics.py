@@ -169,6 +169,20 @@ def directional_verdict(mean: float, ci95: float, claimed_sign: int) -> str:
     return "fails (noisy)" if s == 0 else ("holds" if s == claimed_sign else "fails")
 
 
+def pm(mean: float, ci95: float, scale: float = 100.0, digits: int = 2, signed: bool = False) -> str:
+    """``mean ± ci95`` as text, both times ``scale`` (percent points by default);
+    "n/a (one seed)" in place of a NaN interval. The one formatter of the book's tables."""
+    if not math.isfinite(mean):
+        return "n/a"
+    m = f"{scale * mean:+.{digits}f}" if signed else f"{scale * mean:.{digits}f}"
+    return f"{m} ± {scale * ci95:.{digits}f}" if math.isfinite(ci95) else f"{m} (one seed)"
+
+
+def styled(frame, caption: str):  # noqa: ANN001, ANN201 (a pandas DataFrame -> its Styler)
+    """A results table as the book shows it: an HTML table with a caption, no index column."""
+    return frame.style.hide(axis="index").set_caption(caption)
+
+
 def epochs_to_target(curve: Sequence[float], target: float) -> float:
     """The first epoch (1-based) at which ``curve`` reaches ``target`` (``>=``).
 
@@ -182,4 +196,4 @@ def epochs_to_target(curve: Sequence[float], target: float) -> float:
 
 
 __all__ = ["VERDICTS", "VERDICT_WORDS", "t_quantile", "t975", "mean_ci95", "minimum_detectable_effect", "verdict",
-           "auroc", "paired_difference", "resolved_sign", "directional_verdict", "epochs_to_target"]
+           "pm", "styled", "auroc", "paired_difference", "resolved_sign", "directional_verdict", "epochs_to_target"]

@@ -201,6 +201,49 @@ def bars_with_ci(
     return ax
 
 
+def differences_with_ci(
+    ax: Any,
+    labels: Sequence[str],
+    diffs: Sequence[float] | np.ndarray,
+    ci: Sequence[float] | np.ndarray,
+    quoted: dict[str, Sequence[float]] | None = None,
+    quoted_label: str = "Kim et al. (quoted)",
+    ours_label: str = "this book's records",
+    highlight: Iterable[str] = (),
+) -> Any:
+    """Each config's difference from its baseline with its 95 % CI (dots and whiskers), beside
+    the differences quoted from a paper (small open markers, one per quoted column), and
+    the zero line: where a whisker crosses it, the seeds do not resolve the sign.
+
+    ``labels``, ``diffs`` and ``ci`` are in the same order; ``quoted`` maps a label
+    to its quoted differences (any number of columns; labels it lacks get none).
+    Returns ``ax``.
+    """
+    diffs, ci = np.asarray(diffs, dtype=float), np.asarray(ci, dtype=float)
+    if not len(labels) == len(diffs) == len(ci):
+        raise ValueError(f"{len(labels)} labels, {len(diffs)} differences and {len(ci)} intervals; "
+                         f"give one of each per config")
+    pos = np.arange(len(labels))
+    hl = set(highlight)
+    ax.axhline(0.0, color="black", linewidth=1.0, zorder=1)
+    colours = [HIGHLIGHT if lab in hl else PALETTE[0] for lab in labels]
+    ax.errorbar(pos - 0.12, diffs, yerr=np.nan_to_num(ci), fmt="none", ecolor="black", capsize=4, zorder=2)
+    ax.scatter(pos - 0.12, diffs, c=colours, s=40, zorder=3, label=ours_label, edgecolors="black")
+    if quoted:
+        xs, ys = [], []
+        for i, lab in enumerate(labels):
+            for v in quoted.get(lab, ()):
+                xs.append(i + 0.12)
+                ys.append(v)
+        if xs:
+            ax.scatter(xs, ys, marker="D", s=22, facecolors="none", edgecolors=PALETTE[2], zorder=3,
+                       label=quoted_label)
+    ax.set_xticks(pos)
+    ax.set_xticklabels(labels)
+    ax.legend()
+    return ax
+
+
 # --------------------------------------------------------------------------- position diagrams
 
 # (box label, kind) in execution order; positions go on the arrows between boxes.

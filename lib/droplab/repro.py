@@ -55,7 +55,12 @@ def seed_everything(seed: int, deterministic: bool = True) -> torch.Generator:
 
 
 def git_commit(repo: str | Path | None = None) -> str | None:
-    """The commit of the checkout (with ``+dirty`` if it has changes), or None outside git."""
+    """The commit of the checkout (with ``+dirty`` if it has changes), or None outside git.
+
+    ``DROPLAB_GIT_COMMIT`` names it where the code runs from a copy without
+    ``.git`` (the GPU check sets it from the commit the copy was packed at)."""
+    if os.environ.get("DROPLAB_GIT_COMMIT"):
+        return os.environ["DROPLAB_GIT_COMMIT"]
     cwd = Path(repo) if repo else Path(__file__).resolve().parent
     try:
         sha = subprocess.run(

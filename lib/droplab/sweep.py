@@ -419,11 +419,13 @@ def check_records(experiment: str | Experiment, scale: str, seeds: int | Iterabl
     stale one (its spec differs from the registry's: :func:`stale_fields`), and
     says the command that makes them. Chapters build their tables from the
     committed records through this call, so a changed registry never mixes old
-    and new runs silently."""
+    and new runs silently. It reads the repository's ``data/results`` (the
+    committed records) unless ``results_dir`` names another folder;
+    ``DROPLAB_RESULTS``, where tests and readers' own sweeps write, is not read."""
     exp = get(experiment)
     sc = _scale.validate(scale)
     ds = dataset or exp.dataset
-    folder = record_dir(exp.name, sc, ds, results_dir)
+    folder = record_dir(exp.name, sc, ds, results_dir or REPO_RESULTS)
     runs = plan(exp, seeds, only)
     missing, corrupt, stale, records = [], [], [], []
     specs: dict[str, dict[str, Any]] = {}
@@ -714,6 +716,27 @@ def format_table(rows: Sequence[Row], percent: bool = True) -> str:
         note = f"  ({r.diverged} diverged)" if r.diverged else ""
         lines.append(f"{r.config:<18} {r.n:>3} {k * r.mean:>8.2f} {ci:>13} {diff:>16} {mde:>6}  {r.baseline}{note}")
     return "\n".join(lines)
+
+
+def table_frame(rows: Sequence[Row], percent: bool = True, quoted: dict[str, str] | None = None):  # noqa: ANN201
+    """The rows of :func:`table` as a pandas DataFrame for the book's HTML tables: mean ± 95 % CI,
+    paired difference ± 95 % CI and the smallest detectable difference, in percent points.
+    ``quoted`` adds a column of text quoted from a paper, by config name."""
+    import pandas as pd
+
+    k = 100.0 if percent else 1.0
+    out = []
+    for r in rows:
+        row = {"config": r.config, "seeds": r.n, "accuracy (%)": metrics.pm(r.mean, r.ci95, k)}
+        is_base = r.config == r.baseline or not r.baseline
+        row["difference (points)"] = "baseline" if is_base else metrics.pm(r.diff, r.diff_ci95, k, signed=True)
+        row["smallest detectable (points)"] = "" if is_base or not math.isfinite(r.mde) else f"{k * r.mde:.2f}"
+        if quoted is not None:
+            row["Kim et al. (quoted)"] = quoted.get(r.config, "")
+        if r.diverged:
+            row["seeds"] = f"{r.n} ({r.diverged} diverged)"
+        out.append(row)
+    return pd.DataFrame(out)
 
 
 def write_csv(rows: Sequence[Row], path: str | Path) -> Path:
