@@ -43,9 +43,11 @@ if importlib.util.find_spec("droplab") is None:
 
 # %%
 import math
+import tempfile
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -72,12 +74,8 @@ KEEP = scale.pick(smoke=(0.5, 0.7, 0.9), class_=(0.5, 0.6, 0.7, 0.8, 0.9), paper
 VAR_X0 = scale.pick(smoke=(0.1, 1.0, 10.0), class_=(0.1, 0.3, 1.0, 3.0, 10.0), paper=(0.1, 0.3, 1.0, 3.0, 10.0))
 BATCH_P3 = scale.pick(smoke=2_000, class_=10_000, paper=100_000)  # Figure 3 and the depth test, width 128
 DEPTH = scale.pick(smoke=4, class_=6, paper=8)  # stacked blocks in the depth test
-EXPERIMENT = sweep.get("residual")
-SIZES = EXPERIMENT.sizes[scale.current()]
-SEEDS = scale.pick(smoke=1, class_=3, paper=3)  # training seeds of the Table 1 re-run
-SEEDS_VARIANTS = scale.pick(smoke=1, class_=2, paper=3)  # training seeds of the Tables 2-3 re-run
+EXPERIMENT = sweep.get("residual")  # section 6 reads its committed class-scale records at every scale
 print(f"module tests: widths {WIDTHS}, batches {BATCH_P2:,} / {BATCH_P3:,}, depth {DEPTH}")
-print(f"training: {EXPERIMENT.name} at {scale.current()} scale: {SIZES}")
 
 # %% [markdown]
 # ## 1. The block and its eight positions
@@ -523,7 +521,7 @@ v1_kinds = [type(m).__name__ for m in v1.blocks[0].branch]
 assert v1_kinds[-2:] == ["BatchNorm2d", "Dropout"] and v1_kinds.count("BatchNorm2d") == 2, v1_kinds
 
 # %% [markdown]
-# ## 6. Table 1, re-run
+# ## 6. Table 1, re-run where dropout can help
 #
 # Kim et al. trained PreResNet-50 and -110 on CIFAR-10 and CIFAR-100 without
 # dropout and with dropout at each of P0–P7 in every block, three runs per
@@ -545,134 +543,223 @@ QUOTED_TABLE1 = {  # Kim et al. (2023), Table 1, quoted: test accuracy (%), mean
     "P7": (93.7800, 94.2667, 72.0833, 73.5633),
 }
 quoted_diff = {c: [a - b for a, b in zip(v, QUOTED_TABLE1["none"])] for c, v in QUOTED_TABLE1.items() if c != "none"}
-print("quoted from Kim et al., Table 1: difference from no dropout (points)")
-print(f"{'':6}" + "".join(f"{c:>14}" for c in QUOTED_COLUMNS))
-for c, d in quoted_diff.items():
-    print(f"{c:6}" + "".join(f"{v:+14.2f}" for v in d))
-print("positions that help in all four columns:", [c for c, d in quoted_diff.items() if min(d) > 0])
-print("positions that hurt in all four columns:", [c for c, d in quoted_diff.items() if max(d) < 0])
+quoted_frame = pd.DataFrame([{"position": c, **{col: f"{v:+.2f}" for col, v in zip(QUOTED_COLUMNS, d)}}
+                             for c, d in quoted_diff.items()])
+metrics.styled(quoted_frame, "Kim et al. (2023), Table 1, quoted: difference from no dropout (points)")
 
 # %% [markdown]
 # In the paper P5–P7 help and P0–P4 hurt in every column; P0 is a disaster,
-# and the other effects are fractions of a point to about two points. Our
-# re-run uses Fashion-MNIST {cite:p}`xiao2017fashion`, which installs
-# offline (CIFAR-10 {cite:p}`krizhevsky2009learning` works too where it can
-# be downloaded, see the command at the end of this section), and the
-# `residual` experiment of `droplab.sweep`: a PreResNet of the depth and
-# width printed at the top, dropout with the drop probability `SIZES.p` at
-# one position in every block. At `class` scale the networks are small and
-# trained briefly, so that the whole sweep runs live; a rerun of the cell
-# reuses finished records.
+# and the other effects are fractions of a point to about two points.
+#
+# ### The paper's own noise floor
+#
+# Section 2 proved that P2 and P3 compute the same network, and so do P5
+# and P6: each pair draws the same masks in the same order, so over a whole
+# training run the two differ only by the luck of their seeds. The gap
+# between the twins in the quoted table is therefore pure run-to-run noise
+# of a mean of three runs, and it sets a floor under the effects the table
+# can resolve.
+
+# %%
+twin_floor = {pair: [abs(a - b) for a, b in zip(QUOTED_TABLE1[pair[0]], QUOTED_TABLE1[pair[1]])]
+              for pair in (("P2", "P3"), ("P5", "P6"))}
+floor = max(max(v) for v in twin_floor.values())
+claimed = {c: quoted_diff[c] for c in ("P5", "P6", "P7")}
+within = sum(abs(d) <= floor for v in claimed.values() for d in v)
+for (a, b), gaps in twin_floor.items():
+    print(f"|{a} − {b}| in the four columns: " + ", ".join(f"{g:.2f}" for g in gaps) + " points")
+print(f"largest twin gap: {floor:.2f} points; P5–P7 gains claimed: "
+      + ", ".join(f"{d:+.2f}" for v in claimed.values() for d in v))
+print(f"{within} of the {sum(len(v) for v in claimed.values())} claimed P5–P7 gains are no larger than that gap")
+
+# %% [markdown]
+# Check: the twin gaps reach about four tenths of a point, and more than
+# half of the twelve gains claimed for P5–P7 are no larger. Three runs per
+# cell cannot tell most of the paper's small effects from noise; only P0's
+# collapse and the CIFAR-100 PreResNet-50 gains of P5–P7 (0.7 to 1 point)
+# stand clearly above the floor.
+
+# %%
+assert 0.3 < floor < 0.5, floor
+assert within > 6, within                                # more than half of the 12 claimed gains
+assert min(abs(d) for d in quoted_diff["P0"]) > 10 * floor
+assert all(claimed[c][2] > floor for c in claimed) and sum(d > floor for v in claimed.values() for d in v) <= 6
+
+# %% [markdown]
+# ### A regime in which dropout can help
+#
+# A regularizer can only help a network that overfits: one that fits its
+# training images and does worse on new ones. A network that does not fit
+# its training set tells us what dropout's noise *costs*, never what it
+# buys. So before the re-run, a pilot (the `regime` experiment of
+# `droplab.sweep`, one seed per setting, records committed) trained the
+# no-dropout PreResNet-8 on Fashion-MNIST {cite:p}`xiao2017fashion` at
+# several training-set sizes, widths, numbers of epochs and with or without
+# augmentation (random crop and flip). Every number here is measured on a
+# **validation** split of 2,000 images held out of the training images;
+# the test split is not used to choose anything. "train" is the accuracy on
+# the network's own training images, un-augmented, with dropout off.
+
+# %%
+pilot = sweep.check_records("regime", "class", 1)
+pilot_frame = pd.DataFrame([{
+    "setting": r["config"]["name"], "images": r["train_size"], "width": r["spec"]["net"]["width"],
+    "epochs": r["spec"]["recipe"]["epochs"], "augmented": r["spec"]["recipe"]["augment"],
+    "train (%)": f"{100 * r['final_train_acc']:.1f}", "validation (%)": f"{100 * r['final_val_acc']:.1f}",
+    "gap (points)": f"{100 * (r['final_train_acc'] - r['final_val_acc']):.1f}",
+    "training (s)": f"{r['train_seconds']:.0f}"} for r in pilot])
+metrics.styled(pilot_frame, "The regime pilot (validation split, one seed, one CPU core per run)")
+
+# %% [markdown]
+# With augmentation every setting underfits: the networks stay below 87 %
+# on their own training images. Without it the width-16 network fits its
+# 1,000 training images; 25 epochs put it above 99 %, with a gap to
+# validation of about 19 points. Width 32, or 2,000 images, fit as well but
+# cost more than twice as much per run (the pilot ran two runs at a time on
+# two cores, so its seconds are those of a busy core), which the hundred-odd
+# runs of chapters 3 and 4 cannot afford on two cores. The chosen regime is
+# the one the `class` sizes of the `residual` experiment hold: 1,000
+# training images, width 16, 25 epochs, no augmentation.
+
+# %%
+chosen = {r["config"]["name"]: r for r in pilot}["n1000-w16-noaug-e25"]
+CLASS_SIZES = EXPERIMENT.sizes["class"]
+assert (CLASS_SIZES.train_size, CLASS_SIZES.width, CLASS_SIZES.recipe.epochs, CLASS_SIZES.recipe.augment) == (
+    chosen["train_size"], chosen["spec"]["net"]["width"], chosen["spec"]["recipe"]["epochs"], False)
+assert chosen["final_train_acc"] >= 0.97 and chosen["final_train_acc"] - chosen["final_val_acc"] >= 0.05
+assert chosen["final_train_acc"] >= 0.99 and 0.17 < chosen["final_train_acc"] - chosen["final_val_acc"] < 0.21
+assert all(r["final_train_acc"] < 0.87 for r in pilot if r["spec"]["recipe"]["augment"])   # augmented: underfit
+by_name = {r["config"]["name"]: r for r in pilot}
+for costly in ("n1000-w32-noaug", "n2000-w16-noaug"):    # both fit, at more than twice the cost
+    assert by_name[costly]["final_train_acc"] >= 0.97
+    assert by_name[costly]["train_seconds"] > 2 * by_name["n1000-w16-noaug"]["train_seconds"]
+
+# %% [markdown]
+# ### Table 1 from the committed records
+#
+# The re-run is the `residual` experiment at `class` scale: the regime
+# above, dropout with $p = 0.1$ ($q = 0.9$) at one position in every block,
+# five seeds per configuration. It was made with
+# `python -m droplab.sweep run residual --scale class --seeds 5` (two
+# worker processes on a two-core CPU, about a minute a run); each run wrote
+# one JSON record to `data/results/residual/class/fashion-mnist/`, which the
+# repository commits. The chapter reads them at every scale, `smoke`
+# included, so the checks below run in CI; `sweep.check_records` refuses,
+# by name, a record that is missing, corrupt, or was made with other
+# settings than the registry's.
 
 # %%
 TABLE1 = ["none"] + [f"P{i}" for i in range(8)]
-records = sweep.run(EXPERIMENT, seeds=SEEDS, only=TABLE1)
+SEEDS = 5
+records = sweep.check_records(EXPERIMENT, "class", SEEDS, only=TABLE1)
 rows = sweep.table(records)
-print(f"{EXPERIMENT.name}, {scale.current()} scale, {EXPERIMENT.dataset}: test accuracy (%) over {SEEDS} seed(s)")
-print(sweep.format_table(rows))
-print(f"wall time of the runs: {sum(r['wall_seconds'] for r in records):.0f} s")
+prov = records[0]["provenance"]
+print(f"{len(records)} records, made on {prov['device_name']} with torch {prov['torch']}, commit "
+      f"{prov['git_commit']}; {sum(r['wall_seconds'] for r in records) / 60:.0f} CPU-core minutes in all")
+quoted_text = {c: ", ".join(f"{v:+.2f}" for v in d) for c, d in quoted_diff.items()}
+metrics.styled(sweep.table_frame(rows, quoted=quoted_text),
+               "Table 1 re-run: test accuracy, paired difference from no dropout (95 % CI over 5 seeds)")
 
 # %% [markdown]
 # Seeds are paired: seed $k$ of every configuration starts from the same
 # weights (dropout layers have none) and sees the same mini-batches in the
-# same order, so differences are best taken seed by seed, with a 95%
-# confidence interval over seeds (Student's $t$; none with a single seed).
+# same order, so differences are taken seed by seed, with a 95 % confidence
+# interval (Student's $t$) and the smallest difference five pairs could
+# detect with 80 % power.
 
 # %%
 acc = {(r["config"]["name"], r["seed"]): r[sweep.METRIC] for r in records}
 paired = {c: [acc[(c, s)] - acc[("none", s)] for s in range(SEEDS)] for c in TABLE1[1:]}
 paired_ci = {c: metrics.mean_ci95(v) for c, v in paired.items()}
-print(f"{'':6}{'ours: diff ± 95% CI':>24}   " + "".join(f"{c:>13}" for c in QUOTED_COLUMNS) + "   (quoted)")
-for c, (m, ci) in paired_ci.items():
-    ours = f"{100 * m:+7.2f} ± {100 * ci:5.2f}" if math.isfinite(ci) else f"{100 * m:+7.2f} (1 seed)"
-    print(f"{c:6}{ours:>24}   " + "".join(f"{v:+13.2f}" for v in quoted_diff[c]))
-
-# %%
+mde = {c: metrics.minimum_detectable_effect(v) for c, v in paired.items()}
+resolved = [c for c in TABLE1[1:] if metrics.resolved_sign(*paired_ci[c]) != 0]
 with plots.style():
-    worst = min(rows[1:], key=lambda r: r.mean).config
-    fig, ax = plots.figure(f"{scale.current()} scale: dropout at {worst} costs the most accuracy",
-                           "dropout position (bars: mean, whiskers: 95% CI over seeds)", "test accuracy (%)")
-    plots.bars_with_ci(ax, [r.config for r in rows], [100 * r.mean for r in rows],
-                       [100 * r.ci95 if math.isfinite(r.ci95) else 0.0 for r in rows],
-                       baseline=100 * rows[0].mean, highlight=["P5", "P6"])
-    lo = min(100 * r.mean for r in rows)
-    ax.set_ylim(max(0.0, lo - 5), None)
+    fig, ax = plots.figure(f"Table 1 re-run: {', '.join(resolved) or 'no position'} resolved from no dropout",
+                           "dropout position (dots: ours, mean and 95% CI; diamonds: the paper's four columns)",
+                           "difference from no dropout (points)")
+    plots.differences_with_ci(ax, TABLE1[1:], [100 * paired_ci[c][0] for c in TABLE1[1:]],
+                              [100 * paired_ci[c][1] for c in TABLE1[1:]],
+                              quoted={c: [max(v, -12.0) for v in d] for c, d in quoted_diff.items()},
+                              highlight=["P5", "P6"])
+    ax.set_ylim(-12.5, 3)
+    ax.set_title(ax.get_title() + "\n(the paper's P0 values below −12 are drawn at −12)", fontsize=9)
 plt.show()
 
 # %% [markdown]
-# Checks. Every run finished and every configuration has all its seeds. At
-# `class` and `paper` scale, P0 lies far below no dropout: the mean gap
-# exceeds two points and *every* P0 run scores below *every* no-dropout
-# run. With three seeds each, the chance of that ordering when the two
-# configurations are equally good is 1 in 20, so it is a test at the 5%
-# level that does not lean on the few-seed estimate of the spread. At
-# `smoke` scale the networks see a few hundred images for one epoch and
-# learn almost nothing, so the accuracy check waits for the larger scales.
+# Checks. Every run finished and every configuration has all five seeds.
+# The no-dropout networks fit their training images (97 % or more on
+# average, un-augmented, dropout off; one seed stopped at 96.4 %) and
+# generalize measurably worse (at least 5 points lower on the test split):
+# the regime can show a regularizer's benefit. P0 lies below no dropout:
+# its paired interval excludes zero, and every P0 run scores below every
+# no-dropout run, an ordering with a chance of 1 in 252 if the two were
+# equally good.
 
 # %%
+none_recs = [r for r in records if r["config"]["name"] == "none"]
+train_none = [r["final_train_acc"] for r in none_recs]
+gap_none = [r["final_train_acc"] - r["final_test_acc"] for r in none_recs]
+print(f"no dropout: train {100 * np.mean(train_none):.2f} %, test {100 * np.mean([acc[('none', s)] for s in range(SEEDS)]):.2f} %, "
+      f"gap {100 * min(gap_none):.1f}–{100 * max(gap_none):.1f} points")
 assert all(r.diverged == 0 and r.n == SEEDS for r in rows), rows
 assert [r.config for r in rows] == TABLE1, rows
-if scale.current() != "smoke":
-    p0_runs, none_runs = [acc[("P0", s)] for s in range(SEEDS)], [acc[("none", s)] for s in range(SEEDS)]
-    assert paired_ci["P0"][0] < -0.02, paired_ci["P0"]
-    assert max(p0_runs) < min(none_runs), (p0_runs, none_runs)
-else:
-    print("smoke scale: the P0 accuracy check runs at class and paper scale")
+assert np.mean(train_none) >= 0.97 and min(train_none) >= 0.96 and min(gap_none) >= 0.05, (train_none, gap_none)
+assert paired_ci["P0"][0] + paired_ci["P0"][1] < 0, paired_ci["P0"]
+assert max(acc[("P0", s)] for s in range(SEEDS)) < min(acc[("none", s)] for s in range(SEEDS))
 
 # %% [markdown]
-# How much room is there for a regularizer at this scale? Compare the
-# no-dropout networks' accuracy on the training images (the running
-# accuracy of the last epoch, on augmented images) with their test
-# accuracy. A network that does no better on the images it trains on than
-# on images it has never seen is not overfitting, and a regularizer, whose
-# job is to close that gap, has little to act on.
-
-# %%
-train_acc_none = np.mean([r["history"]["train_acc"][-1] for r in records if r["config"]["name"] == "none"])
-test_acc_none = np.mean([acc[("none", s)] for s in range(SEEDS)])
-print(f"no dropout, {scale.current()} scale: training accuracy {100 * train_acc_none:.2f}%, "
-      f"test accuracy {100 * test_acc_none:.2f}%, gap {100 * (train_acc_none - test_acc_none):+.2f} points")
-
-# %% [markdown]
-# Check: at `class` scale the gap is below 5 points: these networks are
-# not overfitting. At `paper` scale the networks train much longer and the gap is
-# only printed; at `smoke` scale they have not learned anything yet.
-
-# %%
-if scale.current() == "class":
-    assert train_acc_none - test_acc_none < 0.05, (train_acc_none, test_acc_none)
-else:
-    print(f"{scale.current()} scale: the underfitting check runs at class scale only")
-
-# %% [markdown]
-# Proposition 1 has a consequence for whole training runs. P2 and P3 sit
-# on either side of the first ReLU, P5 and P6 on either side of the
-# second; each pair draws the same masks in the same order, so the two
-# networks of a pair should compute the same numbers, step after step,
-# and end with the same accuracy.
+# Proposition 1 has a consequence for whole training runs: P2 and P3, and
+# P5 and P6, should compute the same numbers step after step and end with
+# the same accuracy. The records keep each epoch's training loss.
 
 # %%
 losses = {(r["config"]["name"], r["seed"]): r["history"]["train_loss"] for r in records}
 twin_gap = {(a, b): max(abs(u - v) for s in range(SEEDS) for u, v in zip(losses[(a, s)], losses[(b, s)]))
             for a, b in (("P2", "P3"), ("P5", "P6"))}
 for (a, b), gap in twin_gap.items():
-    print(f"{a} vs {b}: largest difference in the per-epoch training loss {gap:.2e}; accuracy "
-          + ", ".join(f"seed {s}: {100 * acc[(a, s)]:.2f} / {100 * acc[(b, s)]:.2f}" for s in range(SEEDS)))
+    print(f"{a} vs {b}: largest difference in the per-epoch training loss {gap:.2e}; test accuracy "
+          + ", ".join(f"{100 * acc[(a, s)]:.2f}/{100 * acc[(b, s)]:.2f}" for s in range(SEEDS)))
 
 # %% [markdown]
-# Check: on a deterministic run (the CPU, or `smoke`/`class` scale, where the
-# sweep asks for deterministic kernels) each pair agrees to floating-point
-# rounding (relative $10^{-5}$); a `paper`-scale GPU run uses
-# non-deterministic kernels, so there the pairs are compared in the table only.
+# Check: the records were made on the CPU with deterministic kernels, so
+# each pair agrees to floating-point rounding (relative $10^{-5}$).
 
 # %%
-if scale.current() != "paper":
-    for a, b in twin_gap:
-        for s in range(SEEDS):
-            assert np.allclose(losses[(a, s)], losses[(b, s)], rtol=1e-5, atol=1e-7), (a, b, s)
-            assert abs(acc[(a, s)] - acc[(b, s)]) < 1e-6, (a, b, s)
-else:
-    print("paper scale: non-deterministic GPU kernels; the pairs are compared in the table only")
+for a, b in twin_gap:
+    for s in range(SEEDS):
+        assert np.allclose(losses[(a, s)], losses[(b, s)], rtol=1e-5, atol=1e-7), (a, b, s)
+        assert abs(acc[(a, s)] - acc[(b, s)]) < 1e-6, (a, b, s)
+
+# %% [markdown]
+# ### Does a record reproduce?
+#
+# A record is only worth committing if the same command makes it again. At
+# `class` scale the cell below trains one of them again, the no-dropout
+# network of seed 0 (about a minute), into a scratch folder and compares it
+# with the committed record: on the same kind of machine and library
+# version the two agree to rounding; elsewhere (another CPU, another torch)
+# kernels round differently and the tolerance is a point of accuracy. At
+# `smoke` scale it trains the same two configurations at smoke sizes through
+# the same code path, which shows the pipeline works but reproduces nothing.
+
+# %%
+with tempfile.TemporaryDirectory() as tmp:
+    if scale.current() == "class":
+        again = sweep.run_one(EXPERIMENT, "none", 0, scale="class", results_dir=tmp)
+        kept = {r["seed"]: r for r in none_recs}[0]
+        same_machine = all(again["provenance"][k] == kept["provenance"][k] for k in ("device_name", "torch"))
+        tol = 1e-6 if same_machine else 0.01
+        print(f"seed 0, no dropout: committed {100 * kept['final_test_acc']:.2f} %, again "
+              f"{100 * again['final_test_acc']:.2f} % ({'same' if same_machine else 'another'} machine type, "
+              f"tolerance {100 * tol:g} points)")
+        assert abs(again["final_test_acc"] - kept["final_test_acc"]) <= tol
+        assert abs(again["final_train_acc"] - kept["final_train_acc"]) <= tol
+    else:
+        live = sweep.run(EXPERIMENT, scale=scale.current(), seeds=1, only=["none", "P6"], results_dir=tmp)
+        print(f"{scale.current()} scale: {len(live)} runs through the same code path, test accuracy "
+              + ", ".join(f"{r['config']['name']} {100 * r['final_test_acc']:.1f} %" for r in live))
+        assert [r["config"]["name"] for r in live] == ["none", "P6"]
+        assert all(r["final_train_acc"] is not None for r in live)
 
 # %% [markdown]
 # ### Tables 2 and 3: bottleneck blocks and ResNetV1
@@ -689,44 +776,39 @@ QUOTED_VARIANTS = {  # Kim et al. (2023), quoted: (no dropout, Guideline 1) test
     "Table 3, ResNetV1-50, CIFAR-100": (70.6200, 71.4867),
     "Table 3, ResNetV1-110, CIFAR-100": (71.8833, 73.1133),
 }
-for name, (none_acc, g1_acc) in QUOTED_VARIANTS.items():
-    print(f"{name:44} none {none_acc:7.2f}   Guideline 1 {g1_acc:7.2f}   ({g1_acc - none_acc:+.2f})")
+metrics.styled(pd.DataFrame([{"network": k, "no dropout (%)": f"{a:.2f}", "Guideline 1 (%)": f"{b:.2f}",
+                              "difference (points)": f"{b - a:+.2f}"} for k, (a, b) in QUOTED_VARIANTS.items()]),
+               "Kim et al. (2023), Tables 2 and 3, quoted")
 
 # %% [markdown]
-# The same sweep trains both variants, each against its own no-dropout
-# baseline, at the sizes of this scale (the bottleneck network is the
-# shallowest the block allows).
+# Three of the five quoted gains lie within the twin-gap floor of 0.39
+# points computed above; only the ResNetV1 gains on CIFAR-100 stand clear
+# of it. The re-run of Tables 2 and 3 in this book's regime (the
+# `bottleneck-*` and `resnetv1-*` configurations of the `residual`
+# experiment, three seeds each) is the next sweep of
+# `scripts/evidence_sweeps.sh`; its records are not committed yet, and the
+# check below says so by asking for them.
 
 # %%
 VARIANTS = ["bottleneck-none", "bottleneck-P6", "resnetv1-none", "resnetv1-P6"]
-variant_records = sweep.run(EXPERIMENT, seeds=SEEDS_VARIANTS, only=VARIANTS)
-variant_rows = sweep.table(variant_records)
-print(sweep.format_table(variant_rows))
-print(f"wall time of the runs: {sum(r['wall_seconds'] for r in variant_records):.0f} s")
-vacc = {(r["config"]["name"], r["seed"]): r[sweep.METRIC] for r in variant_records}
-variant_paired = {arch: metrics.mean_ci95([vacc[(f"{arch}-P6", s)] - vacc[(f"{arch}-none", s)]
-                                         for s in range(SEEDS_VARIANTS)]) for arch in ("bottleneck", "resnetv1")}
-for arch, (m, ci) in variant_paired.items():
-    spread = f"± {100 * ci:.2f} points (paired, 95% CI)" if math.isfinite(ci) else "points (1 seed, no interval)"
-    print(f"{arch:10} P6 − none: {100 * m:+.2f} {spread}")
-
-# %% [markdown]
-# Check: every variant run finished with all its seeds. The differences
-# are small effects, reported above with their intervals and not asserted.
-
-# %%
-assert all(r.diverged == 0 and r.n == SEEDS_VARIANTS for r in variant_rows), variant_rows
-assert [r.config for r in variant_rows] == VARIANTS, variant_rows
+try:
+    sweep.check_records(EXPERIMENT, "class", 3, only=VARIANTS)
+    variants_committed = True
+except sweep.RecordsError as err:
+    variants_committed = False
+    print(str(err).splitlines()[-1])
+assert not variants_committed, "the Tables 2-3 records exist now: show them here instead of this note"
+assert sum(b - a > floor for a, b in QUOTED_VARIANTS.values()) == 2
 
 # %% [markdown]
 # ### Paper-scale records
 #
 # The `paper` scale (PreResNet-20, or PreResNet-56 in the `residual-56`
 # experiment, on the whole training set, one GPU) is run by the sweep's
-# command line; its records are committed to the repository's `data/results`
-# folder. The cell below reads them, for Fashion-MNIST and CIFAR-10, and
-# prints their tables with the device that made them. Where there are none
-# yet it prints the command that makes them.
+# command line (the appendix has a prepared GPU script). The cell below
+# reads its records, for Fashion-MNIST and CIFAR-10, and shows their tables
+# with the device that made them; where there are none yet it prints the
+# command that makes them.
 
 # %%
 PAPER_RESULTS = data.REPO_DATA / "results"
@@ -740,21 +822,22 @@ for experiment in ("residual", "residual-56"):
                   f"{prov['date']}")
             print(sweep.format_table(sweep.table(paper_records)))
         else:
-            print(f"no paper-scale records of {experiment} on {dataset} in {PAPER_RESULTS}. To make them "
-                  f"(one GPU), run from the repository root:\n    python -m droplab.sweep run {experiment} "
-                  f"--scale paper --seeds 3 --dataset {dataset} --results data/results\n")
+            print(f"no paper-scale records of {experiment} on {dataset} yet. To make them (one GPU), run "
+                  f"from the repository root:\n    python -m droplab.sweep run {experiment} "
+                  f"--scale paper --seeds 3 --dataset {dataset}\n")
 
 # %% [markdown]
 # ## 7. An honest verdict
 #
 # What this chapter measured, and how sure we are:
 #
-# - **Proposition 1** (ReLU and dropout commute): exact, asserted bit for bit.
+# - **Proposition 1** (ReLU and dropout commute): exact, asserted bit for bit,
+#   and whole training runs of P2/P3 and P5/P6 agree to rounding.
 # - **Proposition 2** (PreDropout beats PostDropout when $\mathrm{E}[W] \ne 0$,
 #   the two tie at $\mathrm{E}[W] = 0$): reproduced, with the sampling error
 #   shown, at the widths this scale affords (asserted).
 # - **Propositions 3 and 4** (the skip connection dilutes the shift of
-#   P5–P7): the measurements match the formulas within 2% (asserted); along
+#   P5–P7): the measurements match the formulas within 2 % (asserted); along
 #   depth, the BN after a P6 dropout sees a smaller shift than the BN after
 #   a P1–P4 dropout, and P0's shift compounds (asserted).
 # - **A caveat the paper does not discuss**: in a deployed network (BN on
@@ -762,38 +845,39 @@ for experiment in ("residual", "residual-56"):
 #   $q = 0.5$ less than P6's do (asserted). $\Delta$ of a block output mixes
 #   removed noise with mis-scaled signal, so it motivates the guideline but
 #   cannot prove it.
-# - **P0 hurts accuracy**: the robust part of Table 1, asserted at `class`
-#   and `paper` scale.
-# - **P2 = P3 and P5 = P6 in training**: whole training runs of each pair
-#   agree to rounding (asserted wherever the kernels are deterministic).
-# - **The small effects** (P5–P7 a little better than no dropout, P1–P4 a
-#   little worse; the Table 2–3 gains): the cell below says, for each
-#   position, whether our seeds resolve its difference from no dropout and,
-#   if so, whether the sign agrees with the paper. Two things limit what the
-#   `class` scale can say. A few seeds of small networks resolve differences
-#   of a few tenths of a point only by luck. And the `class` networks are not
-#   overfitting (asserted in section 6), so the regularizing benefit that
-#   Guideline 1 is meant to unlock has nothing to act on; what they can show
-#   is what each position's noise *costs*. An unresolved difference is
-#   therefore no refutation of the paper, and a difference resolved at
-#   `class` scale, in either direction, is a hint rather than a verdict. The
-#   paper-scale records, where they exist, are the better test.
+# - **The paper's own noise floor**: its twin positions differ by up to
+#   0.39 points, as much as most of the effects it reports.
+# - **Accuracy, from this book's records** (a regime where the no-dropout
+#   network fits its training set and overfits, five paired seeds): the
+#   table below gives, for each position, our paired difference, the
+#   smallest difference five seeds could detect, the sign the paper reports
+#   and the verdict: *supports* (our interval excludes zero on the paper's
+#   side), *contradicts* (on the other side) or *unresolved*. An unresolved
+#   position refutes nothing: it says the effect, if any, is smaller than
+#   what these seeds can see.
 
 # %%
 PAPER_SIGN = {c: (1 if min(d) > 0 else -1 if max(d) < 0 else 0) for c, d in quoted_diff.items()}
-print(f"{scale.current()} scale, {SEEDS} seed(s) of {EXPERIMENT.dataset}, dropout p = {SIZES.p}:")
-for c, (m, ci) in paired_ci.items():
-    paper_says = {1: "helps", -1: "hurts", 0: "mixed"}[PAPER_SIGN[c]]
-    if not (math.isfinite(ci) and abs(m) > ci):
-        status = "not resolved by these seeds" if math.isfinite(ci) else "one seed: no interval"
-    else:
-        status = "resolved, " + ("agrees with the paper" if np.sign(m) == PAPER_SIGN[c] else "DISAGREES with the paper")
-    spread = f"± {100 * ci:5.2f}" if math.isfinite(ci) else "(1 seed)"
-    print(f"  {c}: {100 * m:+6.2f} {spread} points; paper: {paper_says:5} -> {status}")
-order = sorted(paired_ci, key=lambda c: paired_ci[c][0])
-print("our positions, worst to best by mean difference:", " < ".join(order))
-print(f"P5-P7 mean difference {100 * np.mean([paired_ci[c][0] for c in ('P5', 'P6', 'P7')]):+.2f} points, "
-      f"P1-P4 {100 * np.mean([paired_ci[c][0] for c in ('P1', 'P2', 'P3', 'P4')]):+.2f} points")
+verdicts = {c: metrics.verdict(*paired_ci[c], PAPER_SIGN[c], mde[c], unit=" points", scale=100) for c in TABLE1[1:]}
+verdict_frame = pd.DataFrame([{
+    "position": c, "ours (points)": metrics.pm(*paired_ci[c], signed=True),
+    "smallest detectable (points)": f"{100 * mde[c]:.2f}",
+    "paper": {1: "helps in all four columns", -1: "hurts in all four columns"}[PAPER_SIGN[c]],
+    "verdict": verdicts[c]} for c in TABLE1[1:]])
+metrics.styled(verdict_frame, f"Kim et al.'s Table 1 against this book's records ({SEEDS} seeds, p = 0.1)")
+
+# %% [markdown]
+# Check: the verdicts follow from the intervals (P0 is resolved below no
+# dropout, so the paper's "P0 hurts" is supported), and every unresolved
+# position says how large an effect it could have seen.
+
+# %%
+assert verdicts["P0"] == "supports", verdicts["P0"]
+for c, v in verdicts.items():
+    assert v.split(" (")[0] in metrics.VERDICT_WORDS, v
+    assert (v == "supports") == (metrics.resolved_sign(*paired_ci[c]) == PAPER_SIGN[c])
+    assert (v == "contradicts") == (metrics.resolved_sign(*paired_ci[c]) == -PAPER_SIGN[c])
+print({c: v for c, v in verdicts.items()})
 
 # %% [markdown]
 # ## 8. Exercises

@@ -194,17 +194,23 @@ def epoch_seconds(model: str = "preresnet20", dataset: str = "fashion-mnist", ba
             "fast_path": asdict(net.fast_path), "device_name": repro.device_name(dev)}
 
 
-def sweep_workers(runs: int = 4, workers: Sequence[int] = (1, 2), scale: str = "smoke",
+def sweep_workers(runs: int = 4, workers: Sequence[int] = (1, 2), epochs: int = 8,
                   device: str | None = None) -> dict[str, Any]:
-    """Wall time of a sweep of ``runs`` runs (the residual experiment's sizes at ``scale``, on
-    the synthetic set) with each number of ``workers``, every time from an empty folder."""
+    """Wall time of a sweep of ``runs`` runs with each number of ``workers``, every time from an
+    empty folder: the residual experiment's first configs at smoke sizes but with 1,000
+    synthetic training images and ``epochs`` epochs (about ten seconds a run on one core,
+    so that starting the worker processes does not dominate)."""
     import tempfile
 
     from droplab import sweep
 
-    exp = sweep.get("residual")
-    only = exp.config_names[:runs]
-    out: dict[str, Any] = {"runs": len(only), "scale": scale, "seconds": {}}
+    base = sweep.get("residual")
+    sizes = replace(sweep.SMOKE, train_size=1000, recipe=replace(sweep.SMOKE.recipe, epochs=epochs))
+    exp = sweep.Experiment("bench-sweep", "a small sweep to time worker processes", base.configs[:runs],
+                           {"smoke": sizes})
+    only = exp.config_names
+    scale = "smoke"
+    out: dict[str, Any] = {"runs": len(only), "epochs": epochs, "seconds": {}}
     for w in workers:
         with tempfile.TemporaryDirectory(prefix="droplab-bench-") as tmp:
             t0 = time.perf_counter()
@@ -236,7 +242,7 @@ def format_result(r: dict[str, Any]) -> str:
         lines.append(f"one epoch of {e['model']} on {e['dataset']} ({e['images']:,} images): {e['epoch_seconds']:.1f} s")
     if "sweep" in r:
         sw = r["sweep"]
-        lines.append(f"a sweep of {sw['runs']} runs ({sw['scale']} sizes): " + ", ".join(
+        lines.append(f"a sweep of {sw['runs']} runs ({sw['epochs']} epochs of 1,000 images): " + ", ".join(
             f"{w} worker(s) {sec:.1f} s ({sw['speedup'][w]:.2f}x)" for w, sec in sw["seconds"].items()))
     return "\n".join(lines)
 
@@ -256,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--epoch", action="store_true", help="also time one full epoch of Fashion-MNIST")
     ap.add_argument("--sweep", type=int, default=0, metavar="RUNS",
                     help="also time a sweep of RUNS runs with 1 and 2 worker processes")
-    ap.add_argument("--sweep-scale", default="smoke", help="the sizes of those runs (default smoke)")
+    ap.add_argument("--sweep-epochs", type=int, default=8, help="epochs of each of those runs (default 8)")
     ap.add_argument("--json", default=None, help="write the result to this file")
     args = ap.parse_args(argv)
     try:
@@ -266,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             r["epoch"] = epoch_seconds(args.model, batch_size=args.batch_size, width=args.width,
                                        device=args.device, compile=args.compile)
         if args.sweep:
-            r["sweep"] = sweep_workers(args.sweep, scale=args.sweep_scale, device=args.device)
+            r["sweep"] = sweep_workers(args.sweep, epochs=args.sweep_epochs, device=args.device)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
