@@ -194,11 +194,11 @@ def epoch_seconds(model: str = "preresnet20", dataset: str = "fashion-mnist", ba
             "fast_path": asdict(net.fast_path), "device_name": repro.device_name(dev)}
 
 
-def sweep_workers(runs: int = 4, workers: Sequence[int] = (1, 2), epochs: int = 8,
+def sweep_workers(runs: int = 4, workers: Sequence[int] = (1, 2), epochs: int = 25,
                   device: str | None = None) -> dict[str, Any]:
     """Wall time of a sweep of ``runs`` runs with each number of ``workers``, every time from an
     empty folder: the residual experiment's first configs at smoke sizes but with 1,000
-    synthetic training images and ``epochs`` epochs (about ten seconds a run on one core,
+    synthetic training images and ``epochs`` epochs (about 25 seconds a run on one core,
     so that starting the worker processes does not dominate)."""
     import tempfile
 
@@ -262,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--epoch", action="store_true", help="also time one full epoch of Fashion-MNIST")
     ap.add_argument("--sweep", type=int, default=0, metavar="RUNS",
                     help="also time a sweep of RUNS runs with 1 and 2 worker processes")
-    ap.add_argument("--sweep-epochs", type=int, default=8, help="epochs of each of those runs (default 8)")
+    ap.add_argument("--sweep-epochs", type=int, default=25, help="epochs of each of those runs (default 25)")
     ap.add_argument("--json", default=None, help="write the result to this file")
     args = ap.parse_args(argv)
     try:
