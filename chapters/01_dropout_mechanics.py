@@ -186,13 +186,17 @@ assert torch.equal(nn.Dropout(p).eval()(x), x)
 #
 # Both correct rules give the same expected activation in training and at
 # inference. The factor of the classic rule is the **keep** probability $q$.
-# Blog posts and interview notes often say that at test time "the outputs are
-# scaled down by the dropout rate". That mixes up two things: in PyTorch
+# Folk explanations slip here in two different ways. A blog post on
+# where to add dropout says that at test time every output is scaled down by
+# the dropout *rate*, and a Q&A answer on dropout and BN says the same of the
+# weights: the factor is wrong, since a test-time factor, where one is used,
+# is $q = 1-p$, not $p$. An interview-preparation Q&A names the right factor,
+# the keep probability, but says PyTorch applies it when the model is
+# switched to evaluation mode: the place is wrong, since in PyTorch
 # (measured below) and in Keras (by its documentation) nothing at all is
-# scaled at test time, since the scaling happens in training; and where a
-# test-time factor is used, it is $q = 1-p$, not the rate $p$. At
-# $p = 0.5$ the two numbers coincide, which may be why the slip survives. We
-# measure all four rules at $p = 0.2$, where they do not.
+# scaled at test time; the scaling happens in training. At $p = 0.5$ the rate
+# and the keep probability coincide, which may be why the first slip
+# survives. We measure all four rules at $p = 0.2$, where they do not.
 
 # %%
 p2 = 0.2

@@ -618,7 +618,7 @@ else:
 # dropout noise away only if the $w_j$ add up coherently. For zero-mean weights
 # (He initialization, $w \sim \mathcal N(0, 2/n)$) the signal and the noise
 # scale the same way with the width $n$, and $\Delta$ stays at the value of
-# dropout alone on a ReLU output, $(\pi - 1)/(\pi/q - 1)$ (Kim et al. Eq. 21,
+# dropout alone on a ReLU output, $(\pi - 1)/(\pi/q - 1)$ (Kim et al. Eq. 29,
 # written with $q$).
 #
 # `droplab.variance.prop2_pipeline` runs the paper's module test: inputs from
@@ -651,10 +651,10 @@ ax.set_ylim(0, 1.05)
 plt.show()
 
 # %% [markdown]
-# With zero-mean weights, $\Delta$ sits on Kim et al.'s value (the line, Eq. 21)
+# With zero-mean weights, $\Delta$ sits on Kim et al.'s value (the line, Eq. 29)
 # at every width; with a positive mean it climbs towards 1 as the layer
 # widens. The checks:
-# within 0.03 of Eq. 21 at every width for $\mathrm{E}[W] = 0$ (a band the
+# within 0.03 of Eq. 29 at every width for $\mathrm{E}[W] = 0$ (a band the
 # positive-mean curves leave by far), and for $\mathrm{E}[W] = 0.05$ a rise
 # with every doubling of the width that ends at least 0.3 above the zero-mean
 # value.

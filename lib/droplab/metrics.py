@@ -7,13 +7,15 @@
 - :func:`verdict`: the book's one three-valued verdict on a claim that
   predicts the sign of a difference: *supports*, *contradicts* or
   *unresolved (smallest detectable effect X)*;
+- :func:`joint_verdict`: the verdict on a claim tested in several parts
+  (networks, regimes, shifts), in the same three words;
 - :func:`auroc`: the area under the ROC curve of a score that should be high
   on "out" inputs and low on "in" inputs, from ranks (Mann-Whitney U);
 - :func:`paired_difference`: mean and 95% CI half-width of per-seed
   differences ``a[i] - b[i]`` (runs paired by seed share data order and
   initialisation, so the difference is less noisy than either mean);
-- :func:`resolved_sign` and :func:`directional_verdict`: the rule that turns a
-  difference and its CI into a verdict on a claim that predicts its sign;
+- :func:`resolved_sign`: the sign a difference and its CI resolve (+1, -1 or
+  0), the rule behind :func:`verdict`;
 - :func:`epochs_to_target`: the first epoch at which a learning curve
   reaches a target, for "dropout slows convergence".
 """
@@ -26,7 +28,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-VERDICTS: tuple[str, ...] = ("holds", "fails", "fails (noisy)")
 VERDICT_WORDS: tuple[str, ...] = ("supports", "contradicts", "unresolved")
 
 # Two-sided 95 % (t_{0.975, df}) and 80 % power (t_{0.80, df}) quantiles of Student's t, df = 1..30.
@@ -102,6 +103,40 @@ def verdict(mean: float, ci95: float, claimed_sign: int, mde: float | None = Non
     return f"unresolved (smallest detectable effect {x})"
 
 
+_UNRESOLVED = "unresolved (smallest detectable effect "
+
+
+def joint_verdict(parts: dict[str, str]) -> str:
+    """One verdict on a claim tested in several parts, from each part's :func:`verdict`.
+
+    ``parts`` maps a name (a network, a regime, a shift) to that part's verdict.
+    If every part has the same word, that word: ``"supports"``, ``"contradicts"``
+    or ``"unresolved (smallest detectable effect X for A, Y for B)"`` (one ``X``
+    if the parts share it). Otherwise each part's verdict, named by its part:
+    ``"A: supports; B: unresolved (smallest detectable effect Y)"``; an
+    unresolved part neither confirms nor cancels a resolved one.
+    """
+    if not parts:
+        raise ValueError("joint_verdict needs at least one part, e.g. {'MLP': 'supports'}")
+    words = {}
+    for name, v in parts.items():
+        word = v.split(" (")[0]
+        if word not in VERDICT_WORDS:
+            raise ValueError(f"the verdict of part {name!r} is {v!r}; expected one of {VERDICT_WORDS} "
+                             f"(as metrics.verdict writes it)")
+        words[name] = word
+    if len(set(words.values())) > 1:
+        return "; ".join(f"{name}: {v}" for name, v in parts.items())
+    word = next(iter(words.values()))
+    if word != "unresolved":
+        return word
+    details = {name: v[len(_UNRESOLVED):-1] if v.startswith(_UNRESOLVED) else v[len("unresolved ("):-1]
+               for name, v in parts.items()}
+    if len(set(details.values())) == 1:
+        return f"{_UNRESOLVED}{next(iter(details.values()))})"
+    return _UNRESOLVED + ", ".join(f"{d} for {name}" for name, d in details.items()) + ")"
+
+
 def _flat(scores, what: str) -> np.ndarray:  # noqa: ANN001 (tensor, array or sequence)
     if isinstance(scores, torch.Tensor):
         scores = scores.detach().to("cpu", torch.float64).numpy()
@@ -156,19 +191,6 @@ def resolved_sign(mean: float, ci95: float) -> int:
     return 0
 
 
-def directional_verdict(mean: float, ci95: float, claimed_sign: int) -> str:
-    """The verdict on a claim that predicts the sign of a difference (chapter 5's rule).
-
-    ``"holds"`` if the 95% CI excludes 0 on the claimed side, ``"fails"`` if it
-    excludes 0 on the other side, ``"fails (noisy)"`` if it contains 0: the
-    claimed effect did not show beyond the noise of this experiment.
-    """
-    if claimed_sign not in (1, -1):
-        raise ValueError(f"claimed_sign must be +1 (a > b) or -1 (a < b); got {claimed_sign!r}")
-    s = resolved_sign(mean, ci95)
-    return "fails (noisy)" if s == 0 else ("holds" if s == claimed_sign else "fails")
-
-
 def pm(mean: float, ci95: float, scale: float = 100.0, digits: int = 2, signed: bool = False) -> str:
     """``mean ± ci95`` as text, both times ``scale`` (percent points by default);
     "n/a (one seed)" in place of a NaN interval. The one formatter of the book's tables."""
@@ -195,5 +217,5 @@ def epochs_to_target(curve: Sequence[float], target: float) -> float:
     return float(len(curve) + 1)
 
 
-__all__ = ["VERDICTS", "VERDICT_WORDS", "t_quantile", "t975", "mean_ci95", "minimum_detectable_effect", "verdict",
-           "pm", "styled", "auroc", "paired_difference", "resolved_sign", "directional_verdict", "epochs_to_target"]
+__all__ = ["VERDICT_WORDS", "t_quantile", "t975", "mean_ci95", "minimum_detectable_effect", "verdict",
+           "joint_verdict", "pm", "styled", "auroc", "paired_difference", "resolved_sign", "epochs_to_target"]
