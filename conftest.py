@@ -26,6 +26,23 @@ _notebooks: set[str] = set()
 _cells_passed: Counter[str] = Counter()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Unit tests run torch on one thread, whatever OMP_NUM_THREADS the caller set.
+
+    The test machine's cores are shared: more threads only oversubscribe them. Only
+    Python test functions request fixtures; nbval's notebook cells do not, so this is
+    a no-op for chapters/ (their kernels get OMP_NUM_THREADS=1 from the environment
+    above), and torch is imported here only once a unit test needs the fixture.
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def pytest_collectreport(report):
     if report.nodeid.endswith(".ipynb"):
         _notebooks.add(report.nodeid)

@@ -27,7 +27,12 @@ def cells(path: Path) -> list[tuple[str, str]]:
 
 
 def test_there_are_chapters():
+    """The book's sources (the jupytext chapters) are exactly the notebook entries of _toc.yml."""
+    notebooks = {entry for entry in toc_files() if (ROOT / f"{entry}.py").exists()}
+    sources = {str(source.relative_to(ROOT).with_suffix("")) for source in SOURCES}
     assert len(SOURCES) >= 1
+    assert sources - notebooks == set(), "chapter sources missing from _toc.yml"
+    assert notebooks - sources == set(), "_toc.yml entries with a .py that is no jupytext chapter"
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)

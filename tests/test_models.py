@@ -1,4 +1,5 @@
-"""droplab.models: every dropout position sits where the book's tables say (Kim et al. Figures 2 and 4)."""
+"""droplab.models: every dropout position sits where the book's tables say (Kim et al. Figures 2 and 4),
+and moving the head's dropout on a trained network (with_head_dropout, chapter 4) keeps the network."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from droplab import models
+from droplab import models, train
 from droplab.models import CNN, GUIDELINE_1, MLP, PreResNet, ResNetV1
 
 LETTER = {nn.BatchNorm2d: "B", nn.BatchNorm1d: "B", nn.ReLU: "R", nn.Conv2d: "C", nn.Dropout: "D",
@@ -154,6 +155,77 @@ def test_h7_model_returns_probabilities_after_dropout():
 def test_head_p_overrides_p():
     model = PreResNet(8, dropout_at="P6", head_dropout_at="H4", p=0.1, head_p=0.3)
     assert model.head[0].p == 0.3 and model.blocks[0].branch[5].p == 0.1
+
+
+# --- moving the head's dropout on a trained network (with_head_dropout) -------------------
+
+def trained_like(head_conv: bool = True) -> nn.Module:
+    """A small PreResNet with non-trivial BN statistics (one train-mode pass), in eval mode."""
+    torch.manual_seed(0)
+    model = PreResNet(8, in_channels=1, width=4, head_conv=head_conv)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(64, 1, 28, 28))
+    return model.eval()
+
+
+@pytest.mark.parametrize("at", ["H1", "H2", "H3", "H4", "H5", "H6", None])
+def test_moving_the_head_dropout_keeps_the_trained_network(at):
+    model = trained_like()
+    x = torch.randn(8, 1, 28, 28)
+    moved = models.with_head_dropout(model, at, p=0.3).eval()
+    with torch.no_grad():
+        assert torch.allclose(moved(x), model(x), atol=1e-6)
+    assert sum(isinstance(m, nn.Dropout) for m in moved.head) == (0 if at is None else 1)
+    assert moved.head_dropout_at == at and not moved.outputs_probabilities
+
+
+def test_h7_copy_returns_the_softmax_of_the_original_logits():
+    model = trained_like()
+    x = torch.randn(8, 1, 28, 28)
+    moved = models.with_head_dropout(model, "H7", p=0.2).eval()
+    assert moved.outputs_probabilities and train.outputs_probabilities(moved)
+    with torch.no_grad():
+        assert torch.allclose(moved(x), model(x).softmax(1), atol=1e-6)
+
+
+def test_the_moved_dropout_sits_where_the_head_table_says():
+    moved = models.with_head_dropout(trained_like(), "H4", p=0.1)
+    kinds = [type(m).__name__ for m in moved.head]
+    assert kinds == ["Conv2d", "BatchNorm2d", "ReLU", "Dropout", "AdaptiveAvgPool2d", "Flatten", "Linear"]
+    assert moved.head[3].p == 0.1
+
+
+def test_moving_the_head_dropout_leaves_the_original_model_untouched():
+    model = trained_like()
+    before = [t.clone() for t in model.state_dict().values()]
+    moved = models.with_head_dropout(model, "H5", p=0.5)
+    with torch.no_grad():
+        for t in moved.parameters():
+            t.add_(1.0)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.state_dict().values()))
+    assert not any(isinstance(m, nn.Dropout) for m in model.modules())
+
+
+@pytest.mark.parametrize("at", ["H1", "H2", "H3"])
+def test_moving_the_head_dropout_to_h1_to_h3_needs_a_head_conv(at):
+    with pytest.raises(ValueError, match="head_conv=True"):
+        models.with_head_dropout(trained_like(head_conv=False), at)
+
+
+def test_a_head_without_conv_still_moves_between_h4_and_h7():
+    model = trained_like(head_conv=False)
+    moved = models.with_head_dropout(model, "H6", p=0.1).eval()
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(moved(x), model(x), atol=1e-6)
+
+
+def test_moving_the_head_dropout_refuses_a_bad_position_or_p():
+    with pytest.raises(ValueError, match="H1, H2"):
+        models.with_head_dropout(trained_like(), "H8")
+    with pytest.raises(ValueError, match="probability of dropping"):
+        models.with_head_dropout(trained_like(), "H4", p=1.0)
 
 
 # --- sizes and parameter counts ------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -12,18 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from droplab import metrics, sweep
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The test machine's cores are shared: one thread avoids OpenMP oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 CMD = [sys.executable, "-m", "droplab.sweep", "run", "residual", "--scale", "smoke", "--dataset", "synthetic",
        "--seeds", "2", "--only", "none,P6", "--workers", "1"]
@@ -149,9 +141,21 @@ def test_python_api_runs_and_tables_a_small_sweep(tmp_path):
     assert [r["config"]["name"] for r in records] == ["none", "H4"]
     rows = sweep.table(records)
     assert [r.config for r in rows] == ["none", "H4"] and all(0 <= r.mean <= 1 for r in rows)
+    # one seed: each mean is that run's test accuracy, a count of right answers out of test_size,
+    # with no CI; H4 differs from its baseline "none" by exactly the difference of the two runs
+    acc = {r["config"]["name"]: r["final_test_acc"] for r in records}
+    for row, rec in zip(rows, records):
+        assert (row.n, row.mean, row.baseline, row.n_paired) == (1, acc[row.config], "none", 1)
+        right = row.mean * rec["test_size"]
+        assert math.isnan(row.ci95) and right == pytest.approx(round(right), abs=1e-9)
+    assert rows[0].diff == 0.0 and rows[1].diff == pytest.approx(acc["H4"] - acc["none"])
     assert sweep.main(["table", "head", "--scale", "smoke", "--dataset", "synthetic",
                        "--results", str(tmp_path)]) == 0
-    assert (Path(sweep.record_dir("head", "smoke", "synthetic", tmp_path)) / "table.csv").is_file()
+    csv_path = Path(sweep.record_dir("head", "smoke", "synthetic", tmp_path)) / "table.csv"
+    with open(csv_path, newline="") as f:
+        written = list(csv.DictReader(f))
+    assert [(w["config"], int(w["n"]), float(w["mean"]), float(w["diff"])) for w in written] == [
+        (r.config, r.n, r.mean, r.diff) for r in rows]
 
 
 def test_a_sweep_with_two_workers_killed_mid_run_resumes_without_losing_or_doubling_a_run(tmp_path):

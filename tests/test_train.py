@@ -1,4 +1,5 @@
-"""droplab.train: the fast training path learns, repeats, survives divergence, recalibrates BN."""
+"""droplab.train: the fast training path learns, repeats, survives divergence, recalibrates BN;
+per-sample losses and gradient norms with dropout on (per_sample_losses, chapter 4)."""
 
 from __future__ import annotations
 
@@ -13,23 +14,28 @@ from torch import nn
 from droplab import data, models, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The test machine's cores are shared: one thread avoids OpenMP oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def synthetic():
     return data.synthetic("train", n=1024), data.synthetic("test", n=256)
 
 
+@pytest.fixture(scope="module")
+def images():
+    return data.synthetic("test", n=96)
+
+
 def small_resnet(**kw) -> nn.Module:
     torch.manual_seed(0)
     return models.PreResNet(8, in_channels=1, width=4, **kw)
+
+
+def trained_like() -> nn.Module:
+    """A small PreResNet with non-trivial BN statistics (one train-mode pass), in eval mode."""
+    model = small_resnet(head_conv=True)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(64, 1, 28, 28))
+    return model.eval()
 
 
 def test_fit_learns_the_synthetic_set(synthetic):
@@ -95,12 +101,6 @@ def test_recalibrate_bn_changes_the_running_stats_of_a_network(synthetic):
     assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
 
 
-def test_random_crop_flip_draws_per_sample():
-    x = torch.arange(16.0).view(1, 1, 4, 4).repeat(32, 1, 1, 1)   # 32 copies of one image
-    out = data.random_crop_flip(x, pad=2, generator=torch.Generator().manual_seed(0))
-    assert len({tuple(o.flatten().tolist()) for o in out}) > 5      # different offsets/flips in one batch
-
-
 def test_h7_loss_is_the_negative_log_of_the_dropped_probabilities():
     model = models.PreResNet(8, head_dropout_at="H7")
     probs = torch.tensor([[0.7, 0.3], [0.0, 1.2]])
@@ -118,10 +118,20 @@ def test_other_models_use_cross_entropy_on_logits():
 
 
 def test_fit_trains_an_h7_model(synthetic):
+    p = 0.1
     small = data.subset(synthetic[0], 256), data.subset(synthetic[1], 128)
-    hist = train.fit(small_resnet(head_dropout_at="H7", p=0.1), *small, epochs=1, batch_size=64,
-                     device="cpu", progress=False)
-    assert not hist.diverged and 0 <= hist.test_acc[0] <= 1
+    model = small_resnet(head_dropout_at="H7", p=p)
+    hist = train.fit(model, *small, epochs=1, batch_size=64, device="cpu", progress=False)
+    assert not hist.diverged and hist.epochs_run == 1 and 0 <= hist.test_acc[0] <= 1
+    # In training a share p of the 256 samples has its correct class dropped and pays -log(EPS) = 27.6;
+    # the others pay -log(y_c / q), about log(10 q) for a net still near chance: 4.7 in all, where
+    # cross-entropy on the probabilities, or dropout left off, would give log 10 = 2.3.
+    drop_loss = -math.log(train.EPS)
+    expected = p * drop_loss + (1 - p) * math.log(10 * (1 - p))
+    assert hist.train_loss[0] == pytest.approx(expected, abs=3 * drop_loss * math.sqrt(p * (1 - p) / 256))
+    # evaluation has dropout off, so no correct class is dropped: the test loss pays no -log(EPS)
+    assert hist.test_loss[0] < math.log(10) + p * drop_loss / 2
+    assert (hist.test_loss[0], hist.test_acc[0]) == pytest.approx(train.evaluate(model, small[1]))
 
 
 def test_warm_up_then_cosine_decay_to_zero():
@@ -180,3 +190,80 @@ def test_a_bad_recipe_says_what_is_valid():
         train.Recipe(precision="fp16")
     with pytest.raises(TypeError, match="fields of a training Recipe are epochs, batch_size"):
         train.fit(models.MLP(hidden=(8,)), data.synthetic("train", n=64), None, 1, learning_rate=0.1)
+
+
+# --- per_sample_losses: each sample's loss and gradient norm with dropout on -----------------
+
+def test_without_dropout_every_draw_is_the_eval_loss(images):
+    model = trained_like()
+    r = train.per_sample_losses(model, images, samples=3, stats=([0.5], [0.25]))
+    n = len(images.labels)
+    assert r["loss"].shape == (3, n) and r["grad_norm"].shape == (3, n)
+    assert r["correct"].shape == (n,) and r["correct"].dtype == torch.bool
+    for t in range(3):
+        assert torch.allclose(r["loss"][t], r["eval_loss"], atol=1e-5)
+    x, y = train.to_device(images, torch.device("cpu"), ([0.5], [0.25]))
+    with torch.no_grad():
+        expected = F.cross_entropy(model(x), y, reduction="none")
+    assert torch.allclose(r["eval_loss"], expected, atol=1e-5)
+
+
+def test_gradient_norm_is_that_of_each_sample_alone(images):
+    model = models.with_head_dropout(trained_like(), "H5", p=0.3)
+    stats = ([0.5], [0.25])
+    r = train.per_sample_losses(model, images, samples=1, stats=stats, seed=4)
+    x, y = train.to_device(images, torch.device("cpu"), stats)
+    model.eval()
+    with torch.no_grad():
+        h = model.features(x)
+    next(m for m in model.head if isinstance(m, nn.Dropout)).train()
+    with torch.random.fork_rng():        # the same masks: the same seed, the same single batch
+        torch.manual_seed(4)
+        h.requires_grad_(True)
+        loss = F.cross_entropy(model.head(h), y, reduction="none")
+    assert torch.allclose(loss.detach(), r["loss"][0], atol=1e-5)
+    for i in range(5):
+        (g,) = torch.autograd.grad(loss[i], h, retain_graph=True)
+        assert g[torch.arange(len(y)) != i].abs().max() == 0          # samples do not interact
+        assert g[i].norm().item() == pytest.approx(r["grad_norm"][0, i].item(), rel=1e-5)
+
+
+def test_h7_drops_the_correct_class_at_rate_p_with_a_clamped_loss_and_no_gradient(images):
+    p = 0.3
+    stats = ([0.5], [0.25])
+    model = models.with_head_dropout(trained_like(), "H7", p=p)
+    r = train.per_sample_losses(model, images, samples=40, stats=stats)
+    correct = r["correct"]
+    x, y = train.to_device(images, torch.device("cpu"), stats)
+    with torch.no_grad():
+        assert torch.equal(correct, model.eval()(x).argmax(1) == y)   # the eval-mode predictions
+    # the untrained net predicts one class for all 96 images, 12 of which have it: enough to measure a rate
+    assert int(correct.sum()) >= 10
+    big = r["loss"] > math.log(10)
+    dropped = (r["loss"] - (-math.log(train.EPS))).abs() < 1e-3
+    # a correct prediction has y_c >= 1/10 (y_c / q once kept): its loss exceeds log 10 exactly when y_c is dropped
+    assert torch.equal(big[:, correct], dropped[:, correct])
+    share = big[:, correct].float().mean().item()
+    n = 40 * int(correct.sum())
+    assert abs(share - p) < 5 * math.sqrt(p * (1 - p) / n)
+    assert dropped.float().mean().item() == pytest.approx(p, abs=5 * math.sqrt(p * (1 - p) / r["loss"].numel()))
+    assert torch.all(r["grad_norm"][dropped] == 0)
+
+
+def test_per_sample_draws_differ_and_repeat_with_the_seed_without_touching_the_global_rng(images):
+    model = models.with_head_dropout(trained_like(), "H4", p=0.5)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a = train.per_sample_losses(model, images, samples=2, seed=1, stats=([0.5], [0.25]))
+    assert torch.equal(torch.get_rng_state(), state)
+    b = train.per_sample_losses(model, images, samples=2, seed=1, stats=([0.5], [0.25]))
+    assert torch.equal(a["loss"], b["loss"])
+    assert not torch.equal(a["loss"][0], a["loss"][1])
+
+
+def test_per_sample_losses_restore_the_modes_and_need_positive_samples(images):
+    model = models.with_head_dropout(trained_like(), "H4", p=0.5).train()
+    train.per_sample_losses(model, images, samples=1, stats=([0.5], [0.25]))
+    assert model.training and model.head[3].training
+    with pytest.raises(ValueError, match="samples"):
+        train.per_sample_losses(model, images, samples=0)
