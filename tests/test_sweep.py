@@ -263,3 +263,11 @@ def test_table_reports_the_paired_difference_and_the_smallest_detectable_one():
     sd = math.sqrt(sum((d - sum(diffs) / 3) ** 2 for d in diffs) / 2)
     assert row.diff_ci95 == pytest.approx(4.303 * sd / math.sqrt(3))
     assert row.mde == pytest.approx((4.303 + 1.061) * sd / math.sqrt(3))
+
+
+def test_a_record_made_again_on_the_same_machine_reproduces_to_rounding(tmp_path):
+    kept = sweep.run_one("head", "H4", 0, scale="smoke", dataset="synthetic", results_dir=tmp_path / "a",
+                         device="cpu")
+    check = sweep.reproduce("head", kept, tmp_path / "b")
+    assert check["same_machine"] and check["tolerance"] == 1e-6
+    assert max(check["gaps"].values()) <= 1e-6 and check["again"]["seed"] == 0

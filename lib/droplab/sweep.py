@@ -511,6 +511,28 @@ def run_one(experiment: str | Experiment, config: str | Config, seed: int, *, sc
     return record
 
 
+def reproduce(experiment: str | Experiment, committed: dict[str, Any], results_dir: str | Path) -> dict[str, Any]:
+    """Train the run of a ``committed`` record again (same experiment, config, seed and scale)
+    into ``results_dir`` and compare: ``again`` (the new record), ``same_machine`` (same
+    device name and torch version), ``tolerance`` (1e-6 there, where deterministic kernels
+    must agree to rounding; 0.01 elsewhere, where kernels round differently) and ``gaps``,
+    the absolute differences of the final train and test accuracy (chapters 3-4). It trains
+    with one torch thread, as the sweep's workers do: another thread count sums in
+    another order, and training amplifies the last-bit differences."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        again = run_one(experiment, committed["config"]["name"], committed["seed"], scale=committed["scale"],
+                        dataset=committed["dataset"], results_dir=results_dir)
+    finally:
+        torch.set_num_threads(threads)
+    same = all(again["provenance"][k] == committed["provenance"][k] for k in ("device_name", "torch"))
+    gaps = {k: abs(again[k] - committed[k]) for k in ("final_train_acc", "final_test_acc")}
+    return {"again": again, "same_machine": same, "tolerance": 1e-6 if same else 0.01, "gaps": gaps}
+
+
 def _todo(exp: Experiment, sc: str, ds: str, runs: Sequence[Run], folder: Path) -> tuple[list[Run], int]:
     """The runs without a complete, current record (stale ones are redone), and how many were stale."""
     todo, stale, specs = [], 0, {}
