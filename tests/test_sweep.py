@@ -271,3 +271,22 @@ def test_a_record_made_again_on_the_same_machine_reproduces_to_rounding(tmp_path
     check = sweep.reproduce("head", kept, tmp_path / "b")
     assert check["same_machine"] and check["tolerance"] == 1e-6
     assert max(check["gaps"].values()) <= 1e-6 and check["again"]["seed"] == 0
+
+
+def test_a_record_is_made_again_in_its_own_precision_whatever_this_cpu_would_choose(tmp_path):
+    kept = sweep.run_one("head", "H4", 0, scale="smoke", dataset="synthetic", results_dir=tmp_path / "a",
+                         device="cpu", path={"precision": "bf16", "channels_last": False})
+    assert kept["fast_path"]["precision"] == "bf16" and kept["spec"]["recipe"]["precision"] == "auto"
+    check = sweep.reproduce("head", kept, tmp_path / "b")
+    assert check["again"]["fast_path"]["precision"] == "bf16"
+    assert check["same_machine"] and max(check["gaps"].values()) <= check["tolerance"]
+    assert "cpu_capability" in check["again"]["provenance"]
+
+
+def test_a_sweep_can_be_held_to_one_precision_and_refuses_another(tmp_path):
+    recs = sweep.run("head", "smoke", 1, only=["none"], dataset="synthetic", results_dir=tmp_path,
+                     device="cpu", progress=False, precision="fp32")
+    assert [r["fast_path"]["precision"] for r in recs] == ["fp32"]
+    with pytest.raises(ValueError, match="fp32 or bf16"):
+        sweep.run("head", "smoke", 1, only=["none"], dataset="synthetic", results_dir=tmp_path,
+                  precision="fp16")

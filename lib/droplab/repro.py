@@ -82,7 +82,18 @@ def device_name(dev: torch.device | None = None) -> str:
         return torch.cuda.get_device_name(dev)
     if dev.type == "mps":
         return "Apple MPS"
-    return f"{platform.processor() or platform.machine()} CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    return f"{cpu_model()} CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what :mod:`platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def provenance(dev: torch.device | None = None) -> dict[str, Any]:
@@ -95,6 +106,9 @@ def provenance(dev: torch.device | None = None) -> dict[str, Any]:
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "device": str(dev),
         "device_name": device_name(dev),
+        # the vector instructions torch's CPU kernels use (AVX2, AVX512, ...): two CPUs that
+        # share a name but not this sum in another order
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

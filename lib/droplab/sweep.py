@@ -195,10 +195,24 @@ def _regime() -> Experiment:
                       tuple(configs), {"smoke": SMOKE, "class": PILOT, "paper": PAPER})
 
 
+def _precision() -> Experiment:
+    """bf16 autocast with channels_last against fp32 contiguous, paired by seed, for none, P0
+    and P6 (issue 17): does the CPU fast path change what the networks learn?"""
+    fp32, bf16 = (("precision", "fp32"), ("channels_last", False)), (("precision", "bf16"), ("channels_last", True))
+    configs = []
+    for pos in ("none", "P0", "P6"):
+        at = None if pos == "none" else pos
+        configs += [Config(f"{pos}-fp32", dropout_at=at, baseline="", changes=fp32),
+                    Config(f"{pos}-bf16", dropout_at=at, baseline=f"{pos}-fp32", changes=bf16)]
+    return Experiment("precision", "bf16 autocast + channels_last vs fp32 contiguous, paired by seed, "
+                                   "for none, P0 and P6 (the CPU fast path)",
+                      tuple(configs), {"smoke": SMOKE, "class": EVIDENCE, "paper": PAPER})
+
+
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     _residual("residual", 20), _residual("residual-56", 56), _head(),
     _tuning("residual-p", ("P0", "P2", "P4", "P6", "P7"), head=False),
-    _tuning("head-p", ("H4", "H5"), head=True), _regime())}
+    _tuning("head-p", ("H4", "H5"), head=True), _regime(), _precision())}
 
 # Augmentation per data set: Fashion-MNIST and CIFAR crop (pad 2 at 28 px, 4 at 32 px) and flip;
 # the synthetic patterns are not mirror-symmetric, so no flip there.
@@ -466,8 +480,13 @@ def check_records(experiment: str | Experiment, scale: str, seeds: int | Iterabl
 
 def run_one(experiment: str | Experiment, config: str | Config, seed: int, *, scale: str | None = None,
             dataset: str | None = None, results_dir: str | Path | None = None,
-            device: str | None = None) -> dict[str, Any]:
+            device: str | None = None, path: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train one (config, seed) and write its record; returns the record.
+
+    ``path`` (a record's ``fast_path``: ``precision``, ``channels_last``) makes
+    the run use that precision and memory format whatever the recipe's ``auto``
+    would choose on this machine (:func:`reproduce` trains as the record did);
+    the stored spec stays the registry's, the record's ``fast_path`` says what ran.
 
     After training, the network is evaluated (dropout off, one batched pass) on
     its un-augmented training images, the validation images and the test
@@ -486,7 +505,10 @@ def run_one(experiment: str | Experiment, config: str | Config, seed: int, *, sc
     repro.seed_everything(seed)
     model = models.build(models.NetConfig(**run_spec["net"]))
     t0 = time.perf_counter()
-    hist = train.fit(model, tr, None, Recipe(**run_spec["recipe"]), seed=seed, device=dev, progress=False,
+    recipe = Recipe(**run_spec["recipe"])
+    if path is not None:
+        recipe = replace(recipe, precision=path["precision"], channels_last=path["channels_last"])
+    hist = train.fit(model, tr, None, recipe, seed=seed, device=dev, progress=False,
                      deterministic=sc != "paper")
     train_seconds = time.perf_counter() - t0
     finals: dict[str, float | None] = {}
@@ -513,8 +535,9 @@ def run_one(experiment: str | Experiment, config: str | Config, seed: int, *, sc
 
 def reproduce(experiment: str | Experiment, committed: dict[str, Any], results_dir: str | Path) -> dict[str, Any]:
     """Train the run of a ``committed`` record again (same experiment, config, seed and scale)
-    into ``results_dir`` and compare: ``again`` (the new record), ``same_machine`` (same
-    device name and torch version), ``tolerance`` (1e-6 there, where deterministic kernels
+    into ``results_dir``, in the committed run's precision and memory format, and compare:
+    ``again`` (the new record), ``same_machine`` (same device name, CPU vector instructions
+    and torch version), ``tolerance`` (1e-6 there, where deterministic kernels
     must agree to rounding; 0.01 elsewhere, where kernels round differently) and ``gaps``,
     the absolute differences of the final train and test accuracy (chapters 3-4). It trains
     with one torch thread, as the sweep's workers do: another thread count sums in
@@ -525,10 +548,11 @@ def reproduce(experiment: str | Experiment, committed: dict[str, Any], results_d
     torch.set_num_threads(1)
     try:
         again = run_one(experiment, committed["config"]["name"], committed["seed"], scale=committed["scale"],
-                        dataset=committed["dataset"], results_dir=results_dir)
+                        dataset=committed["dataset"], results_dir=results_dir, path=committed.get("fast_path"))
     finally:
         torch.set_num_threads(threads)
-    same = all(again["provenance"][k] == committed["provenance"][k] for k in ("device_name", "torch"))
+    same = all(again["provenance"].get(k) == committed["provenance"].get(k)
+               for k in ("device_name", "cpu_capability", "torch"))
     gaps = {k: abs(again[k] - committed[k]) for k in ("final_train_acc", "final_test_acc")}
     return {"again": again, "same_machine": same, "tolerance": 1e-6 if same else 0.01, "gaps": gaps}
 
@@ -563,19 +587,19 @@ def _worker_init() -> None:
             pass
 
 
-Job = tuple["Experiment", str, int, str, str, "str | None", "str | None", "float | None"]
+Job = tuple["Experiment", str, int, str, str, "str | None", "str | None", "float | None", "dict | None"]
 
 
 def _work(job: Job) -> tuple[str, str | None]:
     """Run one job; returns (key, None), (key, "skipped") past the deadline, or (key, the error)."""
-    exp, config, seed, sc, ds, results_dir, device, deadline = job
+    exp, config, seed, sc, ds, results_dir, device, deadline, path = job
     key = f"{config}-seed{seed}"
     if deadline is not None and time.time() > deadline:
         return key, "skipped"
     try:
         for left in record_dir(exp.name, sc, ds, results_dir).glob(f".{key}.json.*.tmp"):
             left.unlink(missing_ok=True)                   # left by a killed run of this key
-        run_one(exp, config, seed, scale=sc, dataset=ds, results_dir=results_dir, device=device)
+        run_one(exp, config, seed, scale=sc, dataset=ds, results_dir=results_dir, device=device, path=path)
         return key, None
     except Exception as exc:  # noqa: BLE001 - one failed run must not stop the others; it is reported
         return key, f"{type(exc).__name__}: {exc}"
@@ -584,7 +608,8 @@ def _work(job: Job) -> tuple[str, str | None]:
 def run(experiment: str | Experiment, scale: str | None = None, seeds: int | Iterable[int] = 1, *,
         only: Sequence[str] | None = None, dataset: str | None = None, results_dir: str | Path | None = None,
         shard: str | tuple[int, int] | None = None, device: str | None = None,
-        progress: bool = True, workers: int = 1, time_limit: float | None = None) -> list[dict[str, Any]]:
+        progress: bool = True, workers: int = 1, time_limit: float | None = None,
+        precision: str | None = None) -> list[dict[str, Any]]:
     """Run the sweep (or its shard) and return the records of its runs, old and new.
 
     Complete, current records are reused; missing, partial, corrupt or stale
@@ -593,7 +618,11 @@ def run(experiment: str | Experiment, scale: str | None = None, seeds: int | Ite
     a process of its own with one torch thread (they die with this process);
     one progress bar counts the whole sweep. After ``time_limit`` seconds no
     new run starts (runs already started finish), so only complete records are
-    left; the runs not started are left out of the returned list.
+    left; the runs not started are left out of the returned list. ``precision``
+    ("fp32" or "bf16", contiguous or channels_last memory as with it) overrides
+    the recipe's ``auto`` for the new runs (:func:`run_one`'s ``path``), so that
+    one sweep spread over machines with and without native bf16 stays in one
+    precision; each record's ``fast_path`` says what ran.
     """
     from tqdm.auto import tqdm
 
@@ -602,6 +631,9 @@ def run(experiment: str | Experiment, scale: str | None = None, seeds: int | Ite
     ds = dataset or exp.dataset
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    if precision not in (None, "fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16 (or None: the recipe's), got {precision!r}")
+    path = None if precision is None else {"precision": precision, "channels_last": precision == "bf16"}
     folder = record_dir(exp.name, sc, ds, results_dir)
     runs = plan(exp, seeds, only, shard)
     todo, stale = _todo(exp, sc, ds, runs, folder)
@@ -612,7 +644,7 @@ def run(experiment: str | Experiment, scale: str | None = None, seeds: int | Ite
     bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc=f"{exp.name} ({sc}, {ds})", unit="run",
                disable=quiet)
     jobs: list[Job] = [(exp, r.config, r.seed, sc, ds, None if results_dir is None else str(results_dir),
-                        device, deadline) for r in todo]
+                        device, deadline, path) for r in todo]
     failed: dict[str, str] = {}
     skipped: list[str] = []
     if workers == 1 or len(jobs) <= 1:
@@ -796,6 +828,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                            help="runs trained at once, one process and one torch thread each (default: the cores)")
             p.add_argument("--time-limit", type=float, default=None,
                            help="seconds after which no new run starts (runs started finish)")
+            p.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                           help="train in this precision whatever the CPU (default: the recipe's auto)")
     args = ap.parse_args(argv)
     try:
         if args.command == "list":
@@ -809,7 +843,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
             t0 = time.perf_counter()
             recs = run(exp, sc, args.seeds, only=only, dataset=ds, results_dir=args.results,
-                       shard=args.shard, device=args.device, workers=args.workers, time_limit=args.time_limit)
+                       shard=args.shard, device=args.device, workers=args.workers, time_limit=args.time_limit,
+                       precision=args.precision)
             print(f"{len(recs)} runs complete in {record_dir(exp.name, sc, ds, args.results)} "
                   f"({time.perf_counter() - t0:.0f} s, {args.workers} worker(s))")
             return 0
