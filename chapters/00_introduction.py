@@ -2,6 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -67,7 +72,7 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-from droplab import metrics, plots, repro, scale, sweep
+from droplab import metrics, plots, records, repro, scale
 
 print(f"scale: {scale.current()}   device: {repro.device()}   torch {torch.__version__}")
 
@@ -86,13 +91,13 @@ print(f"scale: {scale.current()}   device: {repro.device()}   torch {torch.__ver
 
 # %%
 POSITIONS = [f"P{i}" for i in range(8)]
-records = sweep.check_records("residual", "class", 5, only=["none", *POSITIONS])
-rows = {r.config: r for r in sweep.table(records)}
+recs = records.check_records("residual", "class", 5, only=["none", *POSITIONS])
+rows = {r.config: r for r in records.table(recs)}
 hurts = [c for c in POSITIONS if metrics.resolved_sign(rows[c].diff, rows[c].diff_ci95) < 0]
 helps = [c for c in POSITIONS if metrics.resolved_sign(rows[c].diff, rows[c].diff_ci95) > 0]
-none = [r for r in records if r["config"]["name"] == "none"]
-print(f"{len(records)} records, {records[0]['provenance']['device_name']}, commit "
-      f"{records[0]['provenance']['git_commit']}; no dropout: train "
+none = [r for r in recs if r["config"]["name"] == "none"]
+print(f"{len(recs)} records, {recs[0]['provenance']['device_name']}, commit "
+      f"{recs[0]['provenance']['git_commit']}; no dropout: train "
       f"{100 * sum(r['final_train_acc'] for r in none) / len(none):.1f} %, test "
       f"{100 * sum(r['final_test_acc'] for r in none) / len(none):.1f} %")
 with plots.style():

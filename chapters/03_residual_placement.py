@@ -2,6 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -53,7 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from droplab import data, metrics, models, plots, repro, scale, sweep
+from droplab import data, experiments, metrics, models, plots, records, repro, scale, sweep
 from droplab import dropout as D
 from droplab import variance as V
 
@@ -74,7 +79,7 @@ KEEP = scale.pick(smoke=(0.5, 0.7, 0.9), class_=(0.5, 0.6, 0.7, 0.8, 0.9), paper
 VAR_X0 = scale.pick(smoke=(0.1, 1.0, 10.0), class_=(0.1, 0.3, 1.0, 3.0, 10.0), paper=(0.1, 0.3, 1.0, 3.0, 10.0))
 BATCH_P3 = scale.pick(smoke=2_000, class_=10_000, paper=100_000)  # Figure 3 and the depth test, width 128
 DEPTH = scale.pick(smoke=4, class_=6, paper=8)  # stacked blocks in the depth test
-EXPERIMENT = sweep.get("residual")  # section 6 reads its committed class-scale records at every scale
+EXPERIMENT = experiments.get("residual")  # section 6 reads its committed class-scale records at every scale
 print(f"module tests: widths {WIDTHS}, batches {BATCH_P2:,} / {BATCH_P3:,}, depth {DEPTH}")
 
 # %% [markdown]
@@ -601,7 +606,7 @@ assert all(claimed[c][2] > floor for c in claimed) and sum(d > floor for v in cl
 # the network's own training images, un-augmented, with dropout off.
 
 # %%
-pilot = sweep.check_records("regime", "class", 1)
+pilot = records.check_records("regime", "class", 1)
 pilot_frame = pd.DataFrame([{
     "setting": r["config"]["name"], "images": r["train_size"], "width": r["spec"]["net"]["width"],
     "epochs": r["spec"]["recipe"]["epochs"], "augmented": r["spec"]["recipe"]["augment"],
@@ -644,20 +649,20 @@ for costly in ("n1000-w32-noaug", "n2000-w16-noaug"):    # both fit, at more tha
 # worker processes on a two-core CPU, about a minute a run); each run wrote
 # one JSON record to `data/results/residual/class/fashion-mnist/`, which the
 # repository commits. The chapter reads them at every scale, `smoke`
-# included, so the checks below run in CI; `sweep.check_records` refuses,
+# included, so the checks below run in CI; `records.check_records` refuses,
 # by name, a record that is missing, corrupt, or was made with other
 # settings than the registry's.
 
 # %%
 TABLE1 = ["none"] + [f"P{i}" for i in range(8)]
 SEEDS = 5
-records = sweep.check_records(EXPERIMENT, "class", SEEDS, only=TABLE1)
-rows = sweep.table(records)
-prov = records[0]["provenance"]
-print(f"{len(records)} records, made on {prov['device_name']} with torch {prov['torch']}, commit "
-      f"{prov['git_commit']}; {sum(r['wall_seconds'] for r in records) / 60:.0f} CPU-core minutes in all")
+recs = records.check_records(EXPERIMENT, "class", SEEDS, only=TABLE1)
+rows = records.table(recs)
+prov = recs[0]["provenance"]
+print(f"{len(recs)} records, made on {prov['device_name']} with torch {prov['torch']}, commit "
+      f"{prov['git_commit']}; {sum(r['wall_seconds'] for r in recs) / 60:.0f} CPU-core minutes in all")
 quoted_text = {c: ", ".join(f"{v:+.2f}" for v in d) for c, d in quoted_diff.items()}
-metrics.styled(sweep.table_frame(rows, quoted=quoted_text),
+metrics.styled(records.table_frame(rows, quoted=quoted_text),
                "Table 1 re-run: test accuracy, paired difference from no dropout (95 % CI over 5 seeds)")
 
 # %% [markdown]
@@ -668,7 +673,7 @@ metrics.styled(sweep.table_frame(rows, quoted=quoted_text),
 # detect with 80 % power.
 
 # %%
-acc = {(r["config"]["name"], r["seed"]): r[sweep.METRIC] for r in records}
+acc = {(r["config"]["name"], r["seed"]): r[records.METRIC] for r in recs}
 paired = {c: [acc[(c, s)] - acc[("none", s)] for s in range(SEEDS)] for c in TABLE1[1:]}
 paired_ci = {c: metrics.mean_ci95(v) for c, v in paired.items()}
 mde = {c: metrics.minimum_detectable_effect(v) for c, v in paired.items()}
@@ -696,7 +701,7 @@ plt.show()
 # equally good.
 
 # %%
-none_recs = [r for r in records if r["config"]["name"] == "none"]
+none_recs = [r for r in recs if r["config"]["name"] == "none"]
 train_none = [r["final_train_acc"] for r in none_recs]
 gap_none = [r["final_train_acc"] - r["final_test_acc"] for r in none_recs]
 print(f"no dropout: train {100 * np.mean(train_none):.2f} %, test {100 * np.mean([acc[('none', s)] for s in range(SEEDS)]):.2f} %, "
@@ -713,7 +718,7 @@ assert max(acc[("P0", s)] for s in range(SEEDS)) < min(acc[("none", s)] for s in
 # the same accuracy. The records keep each epoch's training loss.
 
 # %%
-losses = {(r["config"]["name"], r["seed"]): r["history"]["train_loss"] for r in records}
+losses = {(r["config"]["name"], r["seed"]): r["history"]["train_loss"] for r in recs}
 twin_gap = {(a, b): max(abs(u - v) for s in range(SEEDS) for u, v in zip(losses[(a, s)], losses[(b, s)]))
             for a, b in (("P2", "P3"), ("P5", "P6"))}
 for (a, b), gap in twin_gap.items():
@@ -789,9 +794,9 @@ metrics.styled(pd.DataFrame([{"network": k, "no dropout (%)": f"{a:.2f}", "Guide
 # %%
 VARIANTS = ["bottleneck-none", "bottleneck-P6", "resnetv1-none", "resnetv1-P6"]
 try:
-    sweep.check_records(EXPERIMENT, "class", 3, only=VARIANTS)
+    records.check_records(EXPERIMENT, "class", 3, only=VARIANTS)
     variants_committed = True
-except sweep.RecordsError as err:
+except records.RecordsError as err:
     variants_committed = False
     print(str(err).splitlines()[-1])
 assert not variants_committed, "the Tables 2-3 records exist now: show them here instead of this note"
@@ -811,13 +816,13 @@ assert sum(b - a > floor for a, b in QUOTED_VARIANTS.values()) == 2
 PAPER_RESULTS = data.REPO_DATA / "results"
 for experiment in ("residual", "residual-56"):
     for dataset in ("fashion-mnist", "cifar10"):
-        paper_records = sweep.load_records(experiment, "paper", dataset, results_dir=PAPER_RESULTS)
+        paper_records = records.load_records(experiment, "paper", dataset, results_dir=PAPER_RESULTS)
         if paper_records:
             prov = paper_records[0]["provenance"]
             print(f"{experiment}, paper scale, {dataset}: {len(paper_records)} records, seeds "
                   f"{sorted({r['seed'] for r in paper_records})}, {prov['device_name']}, commit {prov['git_commit']}, "
                   f"{prov['date']}")
-            print(sweep.format_table(sweep.table(paper_records)))
+            print(records.format_table(records.table(paper_records)))
         else:
             print(f"no paper-scale records of {experiment} on {dataset} yet. To make them (one GPU), run "
                   f"from the repository root:\n    python -m droplab.sweep run {experiment} "

@@ -2,6 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -62,7 +67,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from droplab import data, metrics, models, plots, repro, scale, sweep, train
+from droplab import data, experiments, metrics, models, plots, records, repro, scale, sweep, train
 from droplab import dropout as D
 from droplab import variance as V
 
@@ -78,7 +83,7 @@ print(f"scale: {scale.current()}   device: {repro.device_name(dev)}   torch {tor
 # so the chapter's own reference network gets a little more data there.
 
 # %%
-EXPERIMENT = sweep.get("head")
+EXPERIMENT = experiments.get("head")
 DATASET = EXPERIMENT.dataset  # Fashion-MNIST; CIFAR-10 records are shown in section 6 where they exist
 SIZES = EXPERIMENT.sizes[scale.current()]  # depth, width, images, p and training recipe of the sweep
 REF_SIZES = scale.pick(smoke=dataclasses.replace(SIZES, train_size=1024, recipe=dataclasses.replace(SIZES.recipe, epochs=2)),
@@ -153,7 +158,7 @@ for at, (before, after) in NEIGHBOURS.items():
 repro.seed_everything(MODEL_SEED)
 reference = models.PreResNet(REF_SIZES.depth, num_classes=info.num_classes, in_channels=info.shape[0],
                              width=REF_SIZES.width, head_conv=True, p=P)
-history = train.fit(reference, train_set, test_set, REF_SIZES.recipe, seed=MODEL_SEED, **sweep.AUGMENT[DATASET])
+history = train.fit(reference, train_set, test_set, REF_SIZES.recipe, seed=MODEL_SEED, **experiments.AUGMENT[DATASET])
 print(f"reference network (no dropout): test accuracy {history.final_test_acc:.4f} "
       f"after {history.epochs_run} epochs, {sum(history.seconds):.1f} s")
 
@@ -652,20 +657,20 @@ metrics.styled(quoted_frame, "Kim et al. (2023), Tables 5 and 6, quoted: test ac
 # five seeds each. It was made with
 # `python -m droplab.sweep run head --scale class --seeds 5` and its records
 # are committed; the chapter reads them at every scale, so these checks run
-# in CI, and `sweep.check_records` refuses a missing, corrupt or stale one by
+# in CI, and `records.check_records` refuses a missing, corrupt or stale one by
 # name.
 
 # %%
 TABLE5 = ["none"] + [f"H{i}" for i in range(1, 8)] + ["P6+H4"]
 SEEDS_REC = 5
-records = sweep.check_records(EXPERIMENT, "class", SEEDS_REC, only=TABLE5)
-rows = sweep.table(records)
-prov = records[0]["provenance"]
-print(f"{len(records)} records, made on {prov['device_name']} with torch {prov['torch']}, commit "
-      f"{prov['git_commit']}; {sum(r['wall_seconds'] for r in records) / 60:.0f} CPU-core minutes in all")
+recs = records.check_records(EXPERIMENT, "class", SEEDS_REC, only=TABLE5)
+rows = records.table(recs)
+prov = recs[0]["provenance"]
+print(f"{len(recs)} records, made on {prov['device_name']} with torch {prov['torch']}, commit "
+      f"{prov['git_commit']}; {sum(r['wall_seconds'] for r in recs) / 60:.0f} CPU-core minutes in all")
 quoted_h = {"H4": "H4 − none: " + ", ".join(f"{h4 - n:+.2f}" for n, h4, _ in quoted.values()),
             "H5": "H5 − none: " + ", ".join(f"{h5 - n:+.2f}" for n, _, h5 in quoted.values())}
-metrics.styled(sweep.table_frame(rows, quoted=quoted_h),
+metrics.styled(records.table_frame(rows, quoted=quoted_h),
                "Table 5 re-run: test accuracy, paired difference from no dropout (95 % CI over 5 seeds)")
 
 # %% [markdown]
@@ -676,7 +681,7 @@ metrics.styled(sweep.table_frame(rows, quoted=quoted_h),
 # could detect with 80 % power.
 
 # %%
-acc = {(r["config"]["name"], r["seed"]): r[sweep.METRIC] for r in records}
+acc = {(r["config"]["name"], r["seed"]): r[records.METRIC] for r in recs}
 paired = {f"{c} − none": [acc[(c, s)] - acc[("none", s)] for s in range(SEEDS_REC)] for c in TABLE5[1:]}
 paired["H4 − H5"] = [acc[("H4", s)] - acc[("H5", s)] for s in range(SEEDS_REC)]
 paired_ci = {k: metrics.mean_ci95(v) for k, v in paired.items()}
@@ -701,7 +706,7 @@ plt.show()
 # is something for dropout to correct.
 
 # %%
-none_recs = [r for r in records if r["config"]["name"] == "none"]
+none_recs = [r for r in recs if r["config"]["name"] == "none"]
 print("no dropout: train " + ", ".join(f"{100 * r['final_train_acc']:.1f}" for r in none_recs)
       + " %; train − test " + ", ".join(f"{100 * (r['final_train_acc'] - r['final_test_acc']):.1f}" for r in none_recs))
 assert all(r.diverged == 0 and r.n == SEEDS_REC for r in rows), rows
@@ -716,7 +721,7 @@ assert all(r["final_train_acc"] >= 0.97 and r["final_train_acc"] - r["final_test
 # were made on the CPU with deterministic kernels, one thread per run.
 
 # %%
-losses = {(r["config"]["name"], r["seed"]): r["history"]["train_loss"] for r in records}
+losses = {(r["config"]["name"], r["seed"]): r["history"]["train_loss"] for r in recs}
 h3_h4_gap = max(abs(a - b) for s in range(SEEDS_REC) for a, b in zip(losses[("H3", s)], losses[("H4", s)]))
 print(f"H3 vs H4: largest difference in the per-epoch training loss {h3_h4_gap:.2e}; test accuracy "
       + ", ".join(f"{100 * acc[('H3', s)]:.2f}/{100 * acc[('H4', s)]:.2f}" for s in range(SEEDS_REC)))
@@ -738,7 +743,7 @@ for s in range(SEEDS_REC):
 # %%
 with tempfile.TemporaryDirectory() as tmp:
     if scale.current() == "class":
-        kept = next(r for r in records if r["config"]["name"] == "H4" and r["seed"] == 0)
+        kept = next(r for r in recs if r["config"]["name"] == "H4" and r["seed"] == 0)
         check = sweep.reproduce(EXPERIMENT, kept, tmp)
         print(f"H4, seed 0: committed {100 * kept['final_test_acc']:.2f} %, again "
               f"{100 * check['again']['final_test_acc']:.2f} % ({'same' if check['same_machine'] else 'another'} "
@@ -762,12 +767,12 @@ with tempfile.TemporaryDirectory() as tmp:
 # %%
 PAPER_RESULTS = data.REPO_DATA / "results"
 for dataset in ("fashion-mnist", "cifar10"):
-    paper_records = sweep.load_records(EXPERIMENT.name, "paper", dataset, results_dir=PAPER_RESULTS)
+    paper_records = records.load_records(EXPERIMENT.name, "paper", dataset, results_dir=PAPER_RESULTS)
     if paper_records:
         seeds = sorted({r["seed"] for r in paper_records})
         print(f"paper scale, {dataset}: {len(paper_records)} records, seeds {seeds}, "
               f"device {paper_records[0]['provenance']['device_name']}")
-        print(sweep.format_table(sweep.table(paper_records)))
+        print(records.format_table(records.table(paper_records)))
     else:
         print(f"no paper-scale records for {dataset} in {PAPER_RESULTS}. To make them (one GPU), run from the "
               f"repository root:\n    python -m droplab.sweep run {EXPERIMENT.name} --scale paper --seeds 3 "

@@ -18,9 +18,9 @@ run residual --seeds 3 --only bottleneck-none,bottleneck-P6,resnetv1-none,resnet
 for exp in residual-p head-p; do
   best=$(python - "$exp" <<'PY'
 import sys
-from droplab import sweep
+from droplab import records
 exp = sys.argv[1]
-p = sweep.tuned_p(sweep.check_records(exp, "class", 2))
+p = records.tuned_p(records.check_records(exp, "class", 2))
 print(",".join(f"{pos}-p{q:g}" for pos, q in sorted(p.items())))
 PY
 )

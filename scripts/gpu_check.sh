@@ -166,16 +166,16 @@ summary() {
   "$PY" - "$RESULTS" "$start" <<'EOF' || true
 import json, sys, pathlib
 root, since = pathlib.Path(sys.argv[1]), float(sys.argv[2])
-from droplab import sweep
+from droplab import records
 for folder in sorted({p.parent for p in root.rglob("*.json")}):
     exp, sc, ds = folder.relative_to(root).parts
-    recs = sweep.load_records(exp, sc, ds, root)
+    recs = records.load_records(exp, sc, ds, root)
     new = [r for r in recs if (folder / f"{r['config']['name']}-seed{r['seed']}.json").stat().st_mtime >= since]
     secs = [r["train_seconds"] for r in new]
     print(f"{exp} ({sc}, {ds}): {len(recs)} complete records, {len(new)} made now"
           + (f", train {min(secs):.0f}-{max(secs):.0f} s per run" if secs else "")
           + (f", on {new[0]['provenance']['device_name']} ({new[0]['fast_path']['precision']})" if new else ""))
-    print(sweep.format_table(sweep.table(recs)))
+    print(records.format_table(records.table(recs)))
 EOF
 }
 

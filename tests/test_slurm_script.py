@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from droplab import sweep
+from droplab import experiments, records
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "sweep.sbatch"
@@ -137,13 +137,13 @@ def test_killed_task_resubmitted_alone_finishes_its_share(job, tmp_path):
     configs = ["none", "H1", "H2", "H3", "H4", "H5"]
     results = tmp_path / "results"
     folder = results.joinpath(*RECORDS)
-    task1 = [folder / f"{r.key}.json" for r in sweep.plan("head", 1, configs, shard=(1, 2))]
+    task1 = [folder / f"{r.key}.json" for r in experiments.plan("head", 1, configs, shard=(1, 2))]
     assert len(task1) == 3
     jobid = job("0-1", ",".join(configs), results, wait=False)
 
     # Wait until task 1 has recorded a run and is still running, then cancel that task alone.
     deadline = time.monotonic() + WAIT_S
-    while not (any(sweep.read_record(p) for p in task1) and job.states().get(f"{jobid}_1") == "RUNNING"):
+    while not (any(records.read_record(p) for p in task1) and job.states().get(f"{jobid}_1") == "RUNNING"):
         if time.monotonic() > deadline or (f"{jobid}_1" not in job.states() and any(p.exists() for p in task1)):
             pytest.fail(f"task 1 did not record a run while running within {WAIT_S} s\n{job.logs()}")
         time.sleep(0.1)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from droplab import metrics, sweep
+from droplab import experiments, metrics, records, sweep
 
 
 CMD = [sys.executable, "-m", "droplab.sweep", "run", "residual", "--scale", "smoke", "--dataset", "synthetic",
@@ -53,20 +53,20 @@ def test_a_sweep_killed_mid_run_resumes_with_one_complete_record_per_run(tmp_pat
         assert rec["status"] == "complete" and f"{rec['config']['name']}-seed{rec['seed']}.json" == name
         assert rec["provenance"]["torch"] and rec["history"]["epochs_run"] == 1
     assert all((folder / n).stat().st_mtime_ns == t for n, t in first.items())   # finished runs not redone
-    assert len(sweep.load_records("residual", "smoke", "synthetic", tmp_path)) == 4
+    assert len(records.load_records("residual", "smoke", "synthetic", tmp_path)) == 4
 
 
 def test_shards_partition_the_runs():
-    everything = sweep.plan("head", seeds=3)
-    shards = [sweep.plan("head", seeds=3, shard=f"{i}/4") for i in range(4)]
+    everything = experiments.plan("head", seeds=3)
+    shards = [experiments.plan("head", seeds=3, shard=f"{i}/4") for i in range(4)]
     keys = [{r.key for r in s} for s in shards]
     assert set().union(*keys) == {r.key for r in everything}
     assert sum(len(k) for k in keys) == len(everything)
-    assert len(everything) == 3 * len(sweep.get("head").configs)
+    assert len(everything) == 3 * len(experiments.get("head").configs)
 
 
 def test_the_plan_runs_all_configs_of_a_seed_first():
-    runs = sweep.plan("residual", seeds=2, only=["P6", "none"])
+    runs = experiments.plan("residual", seeds=2, only=["P6", "none"])
     assert [r.key for r in runs] == ["none-seed0", "P6-seed0", "none-seed1", "P6-seed1"]
 
 
@@ -76,9 +76,9 @@ def _record(config: str, seed: int, acc: float | None, baseline: str = "none") -
 
 
 def test_table_mean_and_95_ci_on_known_numbers():
-    records = [_record("none", s, a) for s, a in enumerate((0.90, 0.92, 0.94))]
-    records += [_record("P6", s, a) for s, a in enumerate((0.93, 0.95, 0.97))]
-    rows = {r.config: r for r in sweep.table(records)}
+    recs = [_record("none", s, a) for s, a in enumerate((0.90, 0.92, 0.94))]
+    recs += [_record("P6", s, a) for s, a in enumerate((0.93, 0.95, 0.97))]
+    rows = {r.config: r for r in records.table(recs)}
     # s = 0.02, n = 3: half-width = t_{0.975,2} * 0.02 / sqrt(3) = 4.303 * 0.011547
     assert rows["none"].n == 3 and rows["none"].mean == pytest.approx(0.92)
     assert rows["none"].ci95 == pytest.approx(4.303 * 0.02 / math.sqrt(3))
@@ -87,13 +87,13 @@ def test_table_mean_and_95_ci_on_known_numbers():
 
 
 def test_one_seed_gives_no_ci_and_says_so():
-    rows = sweep.table([_record("none", 0, 0.9)])
+    rows = records.table([_record("none", 0, 0.9)])
     assert math.isnan(rows[0].ci95)
-    assert "n/a (n=1)" in sweep.format_table(rows)
+    assert "n/a (n=1)" in records.format_table(rows)
 
 
 def test_diverged_runs_are_counted_not_averaged():
-    rows = {r.config: r for r in sweep.table([_record("P7", 0, None), _record("P7", 1, 0.8)])}
+    rows = {r.config: r for r in records.table([_record("P7", 0, None), _record("P7", 1, 0.8)])}
     assert rows["P7"].n == 1 and rows["P7"].diverged == 1 and rows["P7"].mean == pytest.approx(0.8)
 
 
@@ -106,20 +106,20 @@ def test_t_quantiles():
 
 
 def test_partial_or_temporary_files_are_never_read_as_records(tmp_path):
-    folder = sweep.record_dir("head", "smoke", "synthetic", tmp_path)
+    folder = records.record_dir("head", "smoke", "synthetic", tmp_path)
     folder.mkdir(parents=True)
     (folder / "none-seed0.json").write_text('{"status": "complete"')         # truncated
     (folder / "H4-seed0.json").write_text(json.dumps({**_record("H4", 0, 0.5), "status": "running"}))
     (folder / ".H5-seed0.json.1.tmp").write_text(json.dumps(_record("H5", 0, 0.5)))
-    sweep.write_atomic(folder / "H6-seed0.json", _record("H6", 0, 0.5))
-    assert [r["config"]["name"] for r in sweep.load_records("head", "smoke", "synthetic", tmp_path)] == ["H6"]
+    records.write_atomic(folder / "H6-seed0.json", _record("H6", 0, 0.5))
+    assert [r["config"]["name"] for r in records.load_records("head", "smoke", "synthetic", tmp_path)] == ["H6"]
 
 
 @pytest.mark.parametrize("call, says", [
-    (lambda: sweep.get("residuals"), "residual, residual-56, head"),
-    (lambda: sweep.plan("residual", only=["P9"]), "none, P0, P1"),
-    (lambda: sweep.parse_shard("2/2"), "0 <= i < n"),
-    (lambda: sweep.parse_shard("first"), "i/n"),
+    (lambda: experiments.get("residuals"), "residual, residual-56, head"),
+    (lambda: experiments.plan("residual", only=["P9"]), "none, P0, P1"),
+    (lambda: experiments.parse_shard("2/2"), "0 <= i < n"),
+    (lambda: experiments.parse_shard("first"), "i/n"),
     (lambda: sweep.run("residual", scale="huge"), "smoke, class, paper"),
 ])
 def test_bad_names_say_what_is_valid(call, says):
@@ -136,22 +136,22 @@ def test_cli_lists_experiments_and_rejects_bad_names(capsys):
 
 
 def test_python_api_runs_and_tables_a_small_sweep(tmp_path):
-    records = sweep.run("head", scale="smoke", seeds=1, only=["none", "H4"], dataset="synthetic",
+    recs = sweep.run("head", scale="smoke", seeds=1, only=["none", "H4"], dataset="synthetic",
                         results_dir=tmp_path, device="cpu")
-    assert [r["config"]["name"] for r in records] == ["none", "H4"]
-    rows = sweep.table(records)
+    assert [r["config"]["name"] for r in recs] == ["none", "H4"]
+    rows = records.table(recs)
     assert [r.config for r in rows] == ["none", "H4"] and all(0 <= r.mean <= 1 for r in rows)
     # one seed: each mean is that run's test accuracy, a count of right answers out of test_size,
     # with no CI; H4 differs from its baseline "none" by exactly the difference of the two runs
-    acc = {r["config"]["name"]: r["final_test_acc"] for r in records}
-    for row, rec in zip(rows, records):
+    acc = {r["config"]["name"]: r["final_test_acc"] for r in recs}
+    for row, rec in zip(rows, recs):
         assert (row.n, row.mean, row.baseline, row.n_paired) == (1, acc[row.config], "none", 1)
         right = row.mean * rec["test_size"]
         assert math.isnan(row.ci95) and right == pytest.approx(round(right), abs=1e-9)
     assert rows[0].diff == 0.0 and rows[1].diff == pytest.approx(acc["H4"] - acc["none"])
     assert sweep.main(["table", "head", "--scale", "smoke", "--dataset", "synthetic",
                        "--results", str(tmp_path)]) == 0
-    csv_path = Path(sweep.record_dir("head", "smoke", "synthetic", tmp_path)) / "table.csv"
+    csv_path = Path(records.record_dir("head", "smoke", "synthetic", tmp_path)) / "table.csv"
     with open(csv_path, newline="") as f:
         written = list(csv.DictReader(f))
     assert [(w["config"], int(w["n"]), float(w["mean"]), float(w["diff"])) for w in written] == [
@@ -189,12 +189,12 @@ def test_a_record_holds_train_val_and_test_accuracy_and_its_spec(tmp_path):
     for split in ("train", "val", "test"):
         assert 0 <= rec[f"final_{split}_acc"] <= 1
     assert (rec["train_size"], rec["val_size"]) == (256, 128)
-    assert rec["spec"] == sweep.spec("residual", "P6", "smoke", "synthetic")
+    assert rec["spec"] == experiments.spec("residual", "P6", "smoke", "synthetic")
     assert rec["spec"]["net"]["dropout_at"] == "P6" and rec["fast_path"]["precision"] in ("fp32", "bf16")
 
 
 def test_validation_images_are_held_out_of_the_training_images():
-    tr, va, te = sweep.splits("synthetic", 200, 100, 64)
+    tr, va, te = experiments.splits("synthetic", 200, 100, 64)
     seen = {bytes(x.numpy()) for x in tr.images}
     assert len(tr.labels) == 200 and len(va.labels) == 100 and len(te.labels) == 64
     assert not any(bytes(x.numpy()) in seen for x in va.images)
@@ -207,20 +207,20 @@ def _make_records(tmp_path, only=("none", "H4")):
 
 def test_whole_records_pass_the_guard(tmp_path):
     made = _make_records(tmp_path)
-    got = sweep.check_records("head", "smoke", 2, only=["none", "H4"], dataset="synthetic", results_dir=tmp_path)
+    got = records.check_records("head", "smoke", 2, only=["none", "H4"], dataset="synthetic", results_dir=tmp_path)
     assert [r["config"]["name"] for r in got] == [r["config"]["name"] for r in made]
 
 
 def test_the_guard_names_missing_corrupt_and_stale_records_and_the_command_that_makes_them(tmp_path):
     _make_records(tmp_path)
-    folder = sweep.record_dir("head", "smoke", "synthetic", tmp_path)
+    folder = records.record_dir("head", "smoke", "synthetic", tmp_path)
     (folder / "none-seed1.json").unlink()                                   # missing
     (folder / "H4-seed0.json").write_text('{"status": "complete", "con')    # partial
     stale = json.loads((folder / "H4-seed1.json").read_text())
     stale["spec"]["recipe"]["epochs"] = 7                                   # made with other sizes
     (folder / "H4-seed1.json").write_text(json.dumps(stale))
-    with pytest.raises(sweep.RecordsError) as err:
-        sweep.check_records("head", "smoke", 2, only=["none", "H4"], dataset="synthetic", results_dir=tmp_path)
+    with pytest.raises(records.RecordsError) as err:
+        records.check_records("head", "smoke", 2, only=["none", "H4"], dataset="synthetic", results_dir=tmp_path)
     msg = str(err.value)
     assert "missing: none-seed1.json" in msg
     assert "partial or corrupt: H4-seed0.json" in msg
@@ -230,34 +230,34 @@ def test_the_guard_names_missing_corrupt_and_stale_records_and_the_command_that_
 
 def test_a_stale_record_is_redone_by_the_next_sweep(tmp_path):
     _make_records(tmp_path, only=("none",))
-    path = sweep.record_dir("head", "smoke", "synthetic", tmp_path) / "none-seed0.json"
+    path = records.record_dir("head", "smoke", "synthetic", tmp_path) / "none-seed0.json"
     stale = json.loads(path.read_text())
     stale["spec"]["net"]["width"] = 99
     path.write_text(json.dumps(stale))
     _make_records(tmp_path, only=("none",))
-    assert json.loads(path.read_text())["spec"]["net"]["width"] == sweep.spec("head", "none", "smoke",
+    assert json.loads(path.read_text())["spec"]["net"]["width"] == experiments.spec("head", "none", "smoke",
                                                                              "synthetic")["net"]["width"]
 
 
 def test_a_field_added_with_its_default_leaves_records_current():
-    expected = sweep.spec("head", "none", "smoke", "synthetic")
+    expected = experiments.spec("head", "none", "smoke", "synthetic")
     older = json.loads(json.dumps(expected))
     del older["recipe"]["compile"]                  # as if written before the field existed (default False)
-    assert sweep.stale_fields(older, expected) == []
+    assert records.stale_fields(older, expected) == []
     older["recipe"]["lr"] = 0.5
-    assert sweep.stale_fields(older, expected) == ["recipe.lr"]
+    assert records.stale_fields(older, expected) == ["recipe.lr"]
 
 
 def test_past_the_time_limit_no_new_run_starts(tmp_path):
-    records = sweep.run("head", scale="smoke", seeds=1, only=["none", "H4"], dataset="synthetic",
+    recs = sweep.run("head", scale="smoke", seeds=1, only=["none", "H4"], dataset="synthetic",
                         results_dir=tmp_path, device="cpu", time_limit=0)
-    assert records == [] and not list(sweep.record_dir("head", "smoke", "synthetic", tmp_path).glob("*.json"))
+    assert recs == [] and not list(records.record_dir("head", "smoke", "synthetic", tmp_path).glob("*.json"))
 
 
 def test_table_reports_the_paired_difference_and_the_smallest_detectable_one():
-    records = [_record("none", s, a) for s, a in enumerate((0.90, 0.92, 0.94))]
-    records += [_record("P6", s, a) for s, a in enumerate((0.92, 0.95, 0.96))]
-    row = {r.config: r for r in sweep.table(records)}["P6"]
+    recs = [_record("none", s, a) for s, a in enumerate((0.90, 0.92, 0.94))]
+    recs += [_record("P6", s, a) for s, a in enumerate((0.92, 0.95, 0.96))]
+    row = {r.config: r for r in records.table(recs)}["P6"]
     diffs = [0.02, 0.03, 0.02]
     assert row.n_paired == 3 and row.diff == pytest.approx(sum(diffs) / 3)
     sd = math.sqrt(sum((d - sum(diffs) / 3) ** 2 for d in diffs) / 2)

@@ -206,12 +206,12 @@ def sweep_workers(runs: int = 4, workers: Sequence[int] = (1, 2), epochs: int = 
     so that starting the worker processes does not dominate)."""
     import tempfile
 
-    from droplab import sweep
+    from droplab import experiments, sweep
 
-    base = sweep.get("residual")
-    sizes = replace(sweep.SMOKE, train_size=1000, recipe=replace(sweep.SMOKE.recipe, epochs=epochs))
-    exp = sweep.Experiment("bench-sweep", "a small sweep to time worker processes", base.configs[:runs],
-                           {"smoke": sizes})
+    base = experiments.get("residual")
+    sizes = replace(experiments.SMOKE, train_size=1000, recipe=replace(experiments.SMOKE.recipe, epochs=epochs))
+    exp = experiments.Experiment("bench-sweep", "a small sweep to time worker processes", base.configs[:runs],
+                                   {"smoke": sizes})
     only = exp.config_names
     scale = "smoke"
     out: dict[str, Any] = {"runs": len(only), "epochs": epochs, "seconds": {}}
