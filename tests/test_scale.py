@@ -24,6 +24,7 @@ def test_scale_is_smoke_when_ci_is_set(monkeypatch):
 @pytest.mark.parametrize("name", scale.SCALES)
 def test_scale_variable_chooses_the_scale(monkeypatch, name):
     monkeypatch.setenv("DROPLAB_SCALE", name)
+    monkeypatch.setattr(scale, "_warned_slow", True)  # the paper-scale warning is tested below
     assert scale.current() == name
 
 
@@ -41,3 +42,43 @@ def test_pick_returns_the_value_for_the_scale(monkeypatch):
     assert scale.pick(smoke=1, class_=2, paper=3, scale="paper") == 3
     with pytest.raises(ValueError):
         scale.pick(smoke=1, class_=2, paper=3, scale="tiny")
+
+
+@pytest.fixture
+def paper_scale_not_warned_yet(monkeypatch):
+    monkeypatch.setenv("DROPLAB_SCALE", "paper")
+    monkeypatch.setattr(scale, "_warned_slow", False)
+
+
+def test_paper_scale_without_a_gpu_warns_once_with_the_time(monkeypatch, paper_scale_not_warned_yet):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(scale.SlowScaleWarning, match=r"about \d+\.\d hours on a 2-core CPU") as caught:
+        assert scale.current() == "paper"
+        assert scale.pick(smoke=1, class_=2, paper=3) == 3
+    assert len(caught) == 1, "warned more than once"
+
+
+def test_paper_scale_on_a_gpu_does_not_warn(monkeypatch, paper_scale_not_warned_yet):
+    import warnings
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", scale.SlowScaleWarning)
+        assert scale.current() == "paper"
+
+
+def test_class_scale_without_a_gpu_does_not_warn(monkeypatch):
+    import warnings
+
+    import torch
+
+    monkeypatch.setenv("DROPLAB_SCALE", "class")
+    monkeypatch.setattr(scale, "_warned_slow", False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", scale.SlowScaleWarning)
+        assert scale.current() == "class"

@@ -10,12 +10,17 @@ smoke      tests and CI (forced under pytest or CI)    under 60 s on a 2-core CP
 class      the default: a student's laptop, no GPU     under 5 min on a 2-core CPU
 paper      one GPU; the sweeps behind the tables       minutes on one GPU
 =========  ==========================================  ==========================
+
+Choosing ``paper`` where torch sees no CUDA GPU warns once
+(:class:`SlowScaleWarning`, with an estimate of the time): on a CPU it trains
+for hours.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import TypeVar
 
 SCALES: tuple[str, ...] = ("smoke", "class", "paper")
@@ -26,6 +31,18 @@ T = TypeVar("T")
 
 class ScaleError(ValueError):
     """An unknown scale name."""
+
+
+class SlowScaleWarning(UserWarning):
+    """The paper scale was chosen on a machine without a CUDA GPU."""
+
+
+# One paper-scale training run (PreResNet-20, width 16, the 55,000 Fashion-MNIST training
+# images, 20 epochs: 1.1 million images) on a 2-core CPU: README's "Training speed on a CPU"
+# measures about 570 images/s for PreResNet-8, and PreResNet-20 has three times its blocks,
+# so about 190 images/s, or 1.6 hours per run.
+PAPER_RUN_CPU_HOURS = 1.6
+_warned_slow = False
 
 
 def _under_test() -> bool:
@@ -51,8 +68,29 @@ def current() -> str:
     """
     value = os.environ.get(ENV_VAR, "").strip()
     if value:
-        return validate(value)
+        return warn_if_slow(validate(value))
     return "smoke" if _under_test() else "class"
+
+
+def warn_if_slow(name: str) -> str:
+    """Return ``name``; if it is ``paper`` and torch sees no CUDA GPU, warn (once per process)
+    how long the CPU will need, before anything starts training."""
+    global _warned_slow
+    if name != "paper" or _warned_slow:
+        return name
+    import torch  # here, not at the top: the scale is read before anything else needs torch
+
+    if not torch.cuda.is_available():
+        _warned_slow = True
+        warnings.warn(
+            f"{ENV_VAR}=paper, but torch sees no CUDA GPU: everything will train on the CPU. "
+            f"One paper-scale training run takes about {PAPER_RUN_CPU_HOURS:.1f} hours on a 2-core CPU "
+            "(minutes on one GPU), and a chapter or a sweep trains many runs: expect hours to days. "
+            f"On this machine use {ENV_VAR}=class (the default), or run the paper scale on a GPU.",
+            SlowScaleWarning,
+            stacklevel=3,
+        )
+    return name
 
 
 def pick(smoke: T, class_: T, paper: T, scale: str | None = None) -> T:
