@@ -26,6 +26,8 @@ PY
 )
   run "$exp" --seeds 5 --only "none,$best"
 done
+# H4 and H5 at noise-matched rates (experiments.NOISE_MATCHED; chapter 4)
+run head-p --seeds 5 --only H4-matched,H5-matched
 # bf16 + channels_last against fp32, paired by seed (issue 17; bf16 is emulated, and slow, on a
 # CPU without native bf16); this experiment's configs set their precision themselves
 python -m droplab.sweep run precision --scale class --workers "$W" --seeds 5

@@ -290,3 +290,15 @@ def test_a_sweep_can_be_held_to_one_precision_and_refuses_another(tmp_path):
     with pytest.raises(ValueError, match="fp32 or bf16"):
         sweep.run("head", "smoke", 1, only=["none"], dataset="synthetic", results_dir=tmp_path,
                   precision="fp16")
+
+
+def test_each_position_gets_the_p_with_the_best_validation_accuracy_never_the_test_one():
+    def rec(name, pos, p, seed, val, test):
+        return {"config": {"name": name, "dropout_at": pos, "p": p}, "seed": seed,
+                "final_val_acc": val, "final_test_acc": test}
+    recs = [rec("P6-p0.05", "P6", 0.05, s, 0.80, 0.90) for s in (0, 1)]
+    recs += [rec("P6-p0.1", "P6", 0.1, 0, 0.82, 0.70), rec("P6-p0.1", "P6", 0.1, 1, 0.80, 0.70)]
+    recs += [rec("P0-p0.05", "P0", 0.05, 0, 0.7, 0.7), rec("P0-p0.2", "P0", 0.2, 0, 0.7, 0.9)]
+    recs += [rec("P6-matched", "P6", 0.5, 0, 0.99, 0.99)]              # not a grid config: ignored
+    assert records.tuned_p(recs) == {"P6": 0.1, "P0": 0.05}          # P0: a tie goes to the smaller p
+    assert records.tuned_p(recs, "final_test_acc") == {"P6": 0.05, "P0": 0.2}

@@ -235,8 +235,8 @@ def tuned_p(records: Sequence[dict[str, Any]], metric: str = "final_val_acc") ->
         cfg = r["config"]
         pos = cfg.get("dropout_at") or cfg.get("head_dropout_at")
         v = r.get(metric)
-        if pos is None or cfg.get("p") is None or v is None:
-            continue
+        if pos is None or cfg.get("p") is None or v is None or cfg["name"] != f"{pos}-p{cfg['p']:g}":
+            continue  # not a grid config (e.g. chapter 4's noise-matched ones)
         by.setdefault(pos, {}).setdefault(float(cfg["p"]), []).append(float(v))
     return {pos: min(ps, key=lambda q: (-sum(ps[q]) / len(ps[q]), q)) for pos, ps in by.items()}
 
