@@ -58,13 +58,21 @@
 # trains on a CUDA GPU when there is one, then Apple's MPS, then the CPU.
 
 # %% tags=["hide-input"]
-# On Colab or Binder droplab is not installed yet: install it from the book's repository,
-# and let it download Fashion-MNIST (elsewhere the data comes from a local copy; see data/README.md).
-import importlib.util, os, subprocess, sys
+# Where droplab is not installed yet, install it: from the checkout of the book around this notebook
+# (Binder, a clone), else (Colab: the notebook alone) from the repository in DROPLAB_REPOSITORY, the
+# `repository: url` of the book's _config.yml; and let it download Fashion-MNIST (see data/README.md).
+import importlib.util, os, pathlib, subprocess, sys
 
 if importlib.util.find_spec("droplab") is None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "droplab @ git+https://github.com/dropout-where/dropout-where"], check=True)
+    here = pathlib.Path.cwd().resolve()
+    book = next((str(d) for d in (here, *here.parents) if (d / "lib" / "droplab").is_dir()), None)
+    url = os.environ.get("DROPLAB_REPOSITORY")
+    if not (book or url):
+        raise RuntimeError("droplab is not installed and this notebook is not in a checkout of the book. Run "
+                           "%env DROPLAB_REPOSITORY=https://github.com/OWNER/NAME (the book's repository: the "
+                           "OWNER/NAME in this page's Colab address), then this cell again.")
+    target = ["-e", book] if book else [f"droplab @ git+{url}"]
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *target], check=True)
     os.environ.setdefault("DROPLAB_DOWNLOAD", "1")
 
 # %%

@@ -201,7 +201,21 @@ def test_bibliography_and_launch_buttons_are_in_the_book(html):
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
 def test_first_code_cell_installs_droplab_only_when_missing(source):
-    """A notebook opened on Colab runs as it is: its first code cell installs droplab if it is missing."""
+    """A notebook opened without the book's environment (Binder, a clone, Colab) installs droplab in
+    its first code cell, from the checkout around it or the repository named by DROPLAB_REPOSITORY."""
     first = next(src for kind, src in cells(source) if kind == "code")
     assert 'find_spec("droplab") is None' in first and "pip" in first, f"{source.name}: first code cell"
     assert "import droplab" not in first and "from droplab" not in first
+    assert "DROPLAB_REPOSITORY" in first and '"lib" / "droplab"' in first, f"{source.name}: first code cell"
+
+
+def test_the_repository_url_is_written_once():
+    """_config.yml names the repository; no chapter, page or README carries a copy of it."""
+    from droplab import repro
+
+    url = repro.repository_url(ROOT / "_config.yml")
+    assert url == yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+    assert url.startswith("https://") and repro.repository_url() == url
+    copies = [p.relative_to(ROOT) for p in [*CHAPTERS.glob("*.*"), ROOT / "README.md", ROOT / "environment.yml"]
+              if p.suffix in {".py", ".ipynb", ".md", ".yml"} and url.split("://", 1)[1] in p.read_text()]
+    assert not copies, f"the repository url is copied into {copies}: read it from _config.yml instead"

@@ -113,3 +113,31 @@ def provenance(dev: torch.device | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def repository_url(config: str | Path | None = None) -> str:
+    """The book's repository, as the one place that names it says: ``repository: url:`` in
+    ``_config.yml`` (the launch buttons read it there too).
+
+    ``config`` is the file; by default the ``_config.yml`` of the checkout this package is
+    installed from (editable install), else of the working directory or a folder above it.
+    Chapters opened on their own, without a checkout (Colab), take the same url from the
+    environment variable ``DROPLAB_REPOSITORY`` instead (see README).
+    """
+    if config is None:
+        here = Path.cwd().resolve()
+        candidates = [Path(__file__).resolve().parents[2], here, *here.parents]
+        config = next((d / "_config.yml" for d in candidates if (d / "_config.yml").is_file()), None)
+        if config is None:
+            raise FileNotFoundError(
+                "no _config.yml of the book found next to droplab or above the working directory; "
+                "pass its path: repository_url('path/to/_config.yml')")
+    block = None
+    for line in Path(config).read_text().splitlines():
+        if line and not line[0].isspace():  # a top-level key starts or ends a block
+            block = line.split(":", 1)[0].strip()
+        elif block == "repository" and line.strip().startswith("url:"):
+            url = line.split(":", 1)[1].split(" #", 1)[0].strip().strip("'\"")
+            if url:
+                return url
+    raise ValueError(f"{config} names no repository: add `repository:` with `url: https://github.com/OWNER/NAME`")
