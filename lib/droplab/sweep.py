@@ -233,10 +233,12 @@ def run(experiment: str | Experiment, scale: str | None = None, seeds: int | Ite
             bar.update(1)
             bar.set_postfix_str(key)
         if pool is not None:
-            pool.close()
+            pool.close()              # every run is done: let the workers exit on their own
+            pool.join()
+            pool = None
     finally:
-        if pool is not None:
-            pool.terminate()          # after close(): the workers have finished; else: stop them now
+        if pool is not None:          # interrupted (an error, Ctrl-C): stop the workers now
+            pool.terminate()
             pool.join()
         bar.close()
     if failed:
