@@ -192,10 +192,10 @@ fig = plots.position_diagram("head")
 # | P0 | block input, before the shortcut splits off | H1 | head input, before the 1×1 conv |
 # | P1 | start of the branch, before BN1 | H2 | after the head conv, before its BN |
 # | P2 | after BN1 | H3 | after the head BN |
-# | P3 | after the first ReLU | H4 | after the activation, before GAP (Guideline 2) |
+# | P3 | after the first ReLU | H4 | after the activation, before GAP ({prf:ref}`guideline-2`) |
 # | P4 | after Conv1, before BN2 | H5 | after GAP, before FC (common practice) |
 # | P5 | after BN2 | H6 | after FC, on the logits |
-# | P6 | after the second ReLU, before Conv2 (Guideline 1) | H7 | after softmax, on the probabilities |
+# | P6 | after the second ReLU, before Conv2 ({prf:ref}`guideline-1`) | H7 | after softmax, on the probabilities |
 # | P7 | after Conv2, before the addition | | |
 #
 # ## How to read the checks

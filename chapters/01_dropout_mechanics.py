@@ -188,9 +188,21 @@ assert torch.equal(nn.Dropout(p).eval()(x), x)
 #
 # | rule | training | inference | used by |
 # |---|---|---|---|
-# | inverted | $m\,x / q$ | $x$ | PyTorch, Keras, {cite:t}`kim2023dropout` (Definition 1) |
+# | inverted | $m\,x / q$ | $x$ | PyTorch, Keras, {cite:t}`kim2023dropout` ({prf:ref}`def-dropout`) |
 # | classic | $m\,x$ | $q\,x$ | the original paper {cite:p}`srivastava2014dropout`, as scaled weights |
 # | forgotten | $m\,x$ | $x$ | a hand-written dropout with a bug |
+#
+# ```{prf:definition} Inverted dropout
+# :label: def-dropout
+#
+# Inverted dropout with drop probability $p$ (keep probability $q = 1 - p$)
+# maps a feature $x$ to $m\,x/q$ in training, with a fresh
+# $m \sim \mathrm{Bernoulli}(q)$ for every unit, every sample and every pass,
+# and to $x$ itself at inference.
+# ```
+#
+# Kim et al. state the same rule as their Definition 1, with their $p$ for
+# our keep probability $q$.
 #
 # Both correct rules give the same expected activation in training and at
 # inference. The factor of the classic rule is the **keep** probability $q$.
@@ -346,7 +358,7 @@ else:
 # $q$ here. At inference dropout is the identity, so the variance is
 # $\mathrm{Var}[x]$: the two phases agree on the mean and disagree on the
 # variance. The ratio of the two is the *inconsistency ratio* of Kim et al.
-# (Definition 2),
+# ({prf:ref}`def-delta`, chapter 2),
 #
 # $$\Delta = \frac{\mathrm{Var}[y_\text{test}]}{\mathrm{Var}[y_\text{train}]}
 # = \frac{\mathrm{Var}[x]}{\mathrm{Var}[x]/q + (1-q)\,\mathrm{E}[x]^2/q} < 1
@@ -1165,7 +1177,7 @@ assert achieved < 1.15 * target, achieved
 # $\mathrm{E}[m^2/q^2]\,\mathrm{E}[\bar x^2] - \mathrm{E}[x]^2
 # = \mathrm{Var}[x]/(qB) + (1-q)\,\mathrm{E}[x]^2/q$: the second term does
 # not shrink with $B$. These are the same two formulas as dropout before and
-# after global average pooling (Kim et al. Proposition 5, chapter 4), with
+# after global average pooling (Kim et al.'s {prf:ref}`prop-5`, chapter 4), with
 # $B$ samples in place of $S$ positions; `droplab.variance` has them.
 
 # %%

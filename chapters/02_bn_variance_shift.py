@@ -130,15 +130,25 @@ assert torch.allclose(running_var, bn.running_var, atol=1e-6)
 #
 # ## The inconsistency ratio
 #
-# {cite:t}`kim2023dropout` (Definition 2) measure the disagreement between the
-# two phases of any operation $f$ by the ratio of its output variance at test
-# time to its output variance in training,
+# {cite:t}`kim2023dropout` measure the disagreement between the two phases of
+# any operation by one number.
 #
-# $$\Delta(f(x)) = \frac{\operatorname{Var}[f_\text{test}(x)]}{\operatorname{Var}[f_\text{train}(x)]} ,$$
+# ```{prf:definition} Inconsistency ratio
+# :label: def-delta
 #
-# where the variance is taken over the mini-batch, per feature, and averaged
-# over features; $\Delta = 1$ means consistent. "Test" switches only the
-# dropout layers off: BN stays in whatever mode it is in.
+# The *inconsistency ratio* of an operation $f$ on an input $x$ divides the
+# variance of its output at test time by the variance of its output in
+# training:
+#
+# $$\Delta(f(x)) = \frac{\operatorname{Var}[f_\text{test}(x)]}{\operatorname{Var}[f_\text{train}(x)]} .$$
+#
+# The variance is taken over the mini-batch, per feature, and averaged over
+# features; "test" switches only the dropout layers off, and BN stays in
+# whatever mode it is in. $\Delta = 1$ means the two phases agree.
+# ```
+#
+# This is Definition 2 of Kim et al. (their Definition 1 is inverted dropout,
+# {prf:ref}`def-dropout` in chapter 1).
 # `droplab.variance.inconsistency_ratio(module, x)` implements this
 # definition once, for any module.
 #
@@ -621,7 +631,7 @@ else:
 # Li et al. argue that a dropout followed by a weight layer and then BN is
 # shifted less when the layer is wide, which they use to explain why wide
 # networks such as Wide ResNet tolerate dropout. {cite:t}`kim2023dropout`
-# (Section 2.2, Proposition 2) show that the argument needs the weights to have
+# (Section 2.2, {prf:ref}`prop-2`) show that the argument needs the weights to have
 # a nonzero mean: the sum $\sum_j w_j \,\mathrm{Dropout}(x)_j$ averages the
 # dropout noise away only if the $w_j$ add up coherently. For zero-mean weights
 # (He initialization, $w \sim \mathcal N(0, 2/n)$) the signal and the noise

@@ -134,13 +134,24 @@ assert not any(isinstance(m, nn.Dropout) for m in p0_block.branch)
 # %% [markdown]
 # ## 2. Proposition 1: ReLU and dropout commute
 #
+# ```{prf:proposition} ReLU and dropout commute
+# :label: prop-1
+#
+# Applied with the same mask, dropout and ReLU give the same output in either
+# order: $\mathrm{ReLU}(\mathrm{Dropout}(x)) = \mathrm{Dropout}(\mathrm{ReLU}(x))$,
+# in training and at inference (Kim et al. Eqs. 7–10).
+# ```
+#
+# ```{prf:proof}
 # In training, dropout multiplies each feature by $m_i/q$, which is either
 # $0$ or $1/q$: never negative. ReLU does not care about a non-negative
-# factor, $\mathrm{ReLU}(k x) = k\,\mathrm{ReLU}(x)$ for $k \ge 0$, so with
-# the same mask both orders give the same output (Kim et al., Proposition
-# 1, Eqs. 7–10). At inference dropout is the identity, so the two orders
-# agree trivially. So P2 (before the first ReLU) and P3 (after it) are one
-# position, and so are P5 and P6.
+# factor, $\mathrm{ReLU}(k x) = k\,\mathrm{ReLU}(x)$ for $k \ge 0$, so
+# $\mathrm{ReLU}(m_i x_i / q) = m_i\,\mathrm{ReLU}(x_i)/q$ for every feature.
+# At inference dropout is the identity, and the two orders agree trivially.
+# ```
+#
+# So P2 (before the first ReLU) and P3 (after it) are one position, and so
+# are P5 and P6.
 #
 # We draw one mask and apply it in both orders, first with the library's
 # dropout, then with PyTorch's layers restarted from the same random state.
@@ -217,15 +228,24 @@ q_module = 1 - P_MODULE
 assert torch.allclose(W4 @ D.dropout(x4, P_MODULE, mask=torch.diagonal(M4)), (W4 @ M4 / q_module) @ x4)
 
 # %% [markdown]
-# Which order disturbs the variance less? Kim et al.'s Proposition 2
-# (Eq. 11) says
+# Which order disturbs the variance less?
+#
+# ```{prf:proposition} PreDropout against PostDropout
+# :label: prop-2
+#
+# Next to a weight layer $W$, both orders of dropout and $W$ shift the
+# variance, and the order with dropout first shifts it less,
 #
 # $$\Delta(\underbrace{\mathrm{Dropout}(Wx)}_\text{PostDropout}) <
 #   \Delta(\underbrace{W\,\mathrm{Dropout}(x)}_\text{PreDropout}) < 1,$$
 #
-# where the first inequality holds exactly when
-# $\sum_j \sum_{k \ne j} w_{ij} w_{ik}\,\mathrm{E}[x_j x_k] > 0$. After a
-# ReLU every $\mathrm{E}[x_j x_k]$ is non-negative, so the sign of the sum is
+# where the left inequality holds if and only if
+# $\sum_j \sum_{k \ne j} w_{ij} w_{ik}\,\mathrm{E}[x_j x_k] > 0$
+# (Kim et al. Eq. 11).
+# ```
+#
+# Kim et al. prove it in their appendix; here we read the condition and
+# measure both sides. After a ReLU every $\mathrm{E}[x_j x_k]$ is non-negative, so the sign of the sum is
 # set by the weights: for weights with a non-zero mean it is about
 # $n(n-1)\,\mathrm{E}[W]^2 > 0$, and PreDropout wins; for zero-mean weights
 # the sum averages out and the two orders should look alike. At
@@ -327,9 +347,34 @@ assert max(fig1_sd.values()) < 0.02, "the sampling error is small next to the to
 # $$\Delta(x_0 + f(x_0)) = \frac{\mathrm{Var}[x_0] + \frac{\pi-1}{\pi}}
 #                                {\mathrm{Var}[x_0] + \frac{\pi/q-1}{\pi}},$$
 #
-# which lies between Eq. 29 and 1 (Proposition 3). The module test of their
-# Figure 3 measures both, for keep probabilities 0.5 to 0.9 and a range of
-# $\mathrm{Var}[x_0]$, at width 128 with He-initialized weights.
+# which lies between Eq. 29 and 1. That is no accident of the Gaussian
+# numbers:
+#
+# ```{prf:proposition} The skip connection dilutes the shift
+# :label: prop-3
+#
+# Put dropout at P5, P6 or P7 of the first block, whose input $x_0$ is not
+# shifted itself. Then the residual block shifts the variance less than the
+# same block without its shortcut:
+#
+# $$\Delta(\underbrace{f(x_0)}_\text{non-residual}) <
+#   \Delta(\underbrace{x_0 + f(x_0)}_\text{residual}) < 1 .$$
+# ```
+#
+# ```{prf:proof}
+# Write $a = \mathrm{Var}[f_\text{test}(x_0)]$ and
+# $b = \mathrm{Var}[f_\text{train}(x_0)]$; dropout makes $a < b$. The
+# input's variance $c = \mathrm{Var}[x_0] > 0$ is the same in both phases and
+# adds to the branch's (Kim et al. Eq. 22: the shortcut joins after the
+# dropout, and the two variances add). Now $a/b < (a + c)/(b + c)$, because
+# $b\,(a + c) - a\,(b + c) = c\,(b - a) > 0$, and $(a + c)/(b + c) < 1$
+# because $a < b$. The left-hand ratio is $\Delta(f(x_0))$, the middle one
+# $\Delta(x_0 + f(x_0))$.
+# ```
+#
+# The module test of their Figure 3 measures both, for keep probabilities
+# 0.5 to 0.9 and a range of $\mathrm{Var}[x_0]$, at width 128 with
+# He-initialized weights.
 
 # %%
 fig3_grid = [(q, v, res) for q in KEEP for v in VAR_X0 for res in (True, False)]
@@ -375,9 +420,33 @@ assert all(fig3[(q, v, False)] < fig3[(q, v, True)] < 1 for q in KEEP for v in V
 # ### Stacking blocks (Proposition 4)
 #
 # Deeper in the network the block input is itself the sum of earlier
-# branches, each carrying its own dropout noise. Variances of a residual
-# stream add up (Eq. 25), so after $l$ blocks with dropout at P6
-# (Eqs. 26–27, $\gamma = 1$)
+# branches, each carrying its own dropout noise, so the input of block $l$
+# is shifted too. The dilution survives:
+#
+# ```{prf:proposition} The dilution holds at every depth
+# :label: prop-4
+#
+# If every block before block $l$ is residual, with dropout at P5, P6 or P7,
+# then at block $l$ too the residual block shifts the variance less than the
+# non-residual one:
+#
+# $$\Delta(f_l(x_l)) < \Delta(x_l + f_l(x_l)) < 1 .$$
+# ```
+#
+# ```{prf:proof}
+# Every branch starts with a BN on batch statistics (as in the module
+# tests), so every branch has the variances $a < b$ of the proof of
+# {prf:ref}`prop-3`, at test time and in training, whatever its input. The
+# variances of a residual stream add up (Kim et al. Eq. 25): with
+# $c = \mathrm{Var}[x_0]$, the output $x_l + f_l(x_l)$ of block $l$ has
+# variance $c + (l+1)\,a$ at test time and $c + (l+1)\,b$ in training. Its
+# ratio exceeds $a/b = \Delta(f_l(x_l))$, because
+# $b\,(c + (l+1)a) - a\,(c + (l+1)b) = c\,(b - a) > 0$, and stays below 1
+# because $a < b$.
+# ```
+#
+# With the branch variances above ($\gamma = 1$), the stream after $l$
+# blocks with dropout at P6 has (Kim et al. Eqs. 26–27)
 #
 # $$\Delta(x_l) = \frac{\mathrm{Var}[x_0] + l\,\frac{\pi-1}{\pi}}
 #                      {\mathrm{Var}[x_0] + l\,\frac{\pi/q-1}{\pi}} ,$$
@@ -501,15 +570,23 @@ assert all(a < b for a, b in zip(p6_run, p2_run)), (p6_run, p2_run)
 #   nothing to dilute it; at P2–P4 it is the full non-residual ratio of
 #   Eq. 29 (section 4).
 # - P5–P7 meet the next BN only after the skip connection has added the
-#   shortcut, which lifts $\Delta$ towards 1 (Propositions 3–4, section 4).
-#   P5 and P6 are the same position (Proposition 1, section 2); P7 is
-#   PostDropout, no better than P6 for zero-mean weights and worse when the
-#   weights drift to a non-zero mean (Proposition 2, section 3).
+#   shortcut, which lifts $\Delta$ towards 1 ({prf:ref}`prop-3` and
+#   {prf:ref}`prop-4`, section 4). P5 and P6 are the same position
+#   ({prf:ref}`prop-1`, section 2); P7 is PostDropout, no better than P6 for
+#   zero-mean weights and worse when the weights drift to a non-zero mean
+#   ({prf:ref}`prop-2`, section 3).
 #
-# Hence Kim et al.'s **Guideline 1**: in each residual block, use one
-# dropout after the last BN (and its ReLU) and before the last weight layer
-# of the branch, i.e. P6 (or, equivalently, P5). For blocks of other shapes
-# the same rule picks a position too. A bottleneck block has three
+# Hence Kim et al.'s first guideline, in the book's words:
+#
+# ```{prf:guideline} Dropout in a residual block
+# :label: guideline-1
+#
+# In each residual block, use one dropout layer, after the branch's last BN
+# and its ReLU and before the branch's last weight layer: P6, or the same
+# network written as P5.
+# ```
+#
+# For blocks of other shapes the same rule picks a position too. A bottleneck block has three
 # BN–ReLU–Conv stages, and the rule puts dropout after the third ReLU,
 # before the last 1×1 convolution. A ResNetV1 block {cite:p}`he2016deep`
 # ends its branch with Conv2 → BN2, and the rule puts dropout at the end of

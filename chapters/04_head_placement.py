@@ -24,7 +24,7 @@
 # {cite:p}`sandler2018mobilenetv2,tan2019efficientnet`.
 # {cite:t}`kim2023dropout` (their Section 2.4) argue that this common choice
 # is not the best one, and that dropout belongs one step earlier, *before*
-# GAP (their Guideline 2). Their argument has three parts, and we measure
+# GAP (their {prf:ref}`guideline-2`). Their argument has three parts, and we measure
 # each of them:
 #
 # 1. dropout in front of the head's BN shifts that BN's input variance, as in
@@ -33,7 +33,7 @@
 #    samples large losses (H6, H7);
 # 3. of the positions left, dropout before GAP (H4) makes the input of the
 #    fully connected layer vary less than dropout after GAP (H5): their
-#    Proposition 5, which we derive, measure against its formula, and then
+#    {prf:ref}`prop-5`, which we derive, measure against its formula, and then
 #    measure on real feature maps, where it holds with a smaller margin.
 #
 # Then we re-run their head experiment (Tables 5 and 6) on Fashion-MNIST
@@ -125,7 +125,7 @@ fig = plots.position_diagram("head", highlight="guideline")
 
 # %% [markdown]
 # The head is one `nn.Sequential` in execution order, so printing it shows
-# where the dropout layer sits. Here it is at H4, the position of Guideline 2:
+# where the dropout layer sits. Here it is at H4, the position of {prf:ref}`guideline-2`:
 # after the activation, before GAP.
 
 # %%
@@ -447,25 +447,44 @@ assert torch.all(loss_after <= loss_before + 1e-12) and loss_after.mean() < loss
 # $$a = \frac{1}{S}\sum_{s=1}^{S} \frac{m_s}{q}\,x_s \quad\text{(H4)}, \qquad
 #   b = \frac{m}{q}\cdot\frac{1}{S}\sum_{s=1}^{S} x_s \quad\text{(H5)},$$
 #
-# with independent $m_s, m \sim \mathrm{Bernoulli}(q)$. Given $x$, both have
-# mean $\mathrm{GAP}(x)$. By the law of total variance, each is the variance
-# of $\mathrm{GAP}(x)$ across images plus the average noise the masks add:
+# with independent $m_s, m \sim \mathrm{Bernoulli}(q)$. Kim et al.'s
+# proposition compares the two (their $p$ written as $q$):
+#
+# ```{prf:proposition} Dropout before GAP varies less than after it
+# :label: prop-5
+#
+# Let the $S > 1$ positions of a channel be independent, each with mean
+# $\mu \ne 0$ and variance $\sigma^2$, and let dropout keep a unit with
+# probability $q < 1$. Then the input of the fully connected layer varies
+# less with dropout before GAP (H4) than after it (H5):
+#
+# $$\mathrm{Var}[\mathrm{GAP}(\mathrm{Dropout}(x))] = \frac{\sigma^2}{qS} + \frac{(1-q)\,\mu^2}{qS}
+#   \;<\;
+#   \mathrm{Var}[\mathrm{Dropout}(\mathrm{GAP}(x))] = \frac{\sigma^2}{qS} + \frac{(1-q)\,\mu^2}{q}$$
+#
+# (Kim et al. Eqs. 34–35).
+# ```
+#
+# ```{prf:proof}
+# Given $x$, both $a$ and $b$ have mean $\mathrm{GAP}(x)$. By the law of
+# total variance, each varies by the variance of $\mathrm{GAP}(x)$ across
+# images plus the average noise the masks add:
 #
 # $$\mathrm{Var}[a] = \mathrm{Var}[\mathrm{GAP}(x)] + \frac{1-q}{q}\,\mathrm{E}\Big[\frac{1}{S^2}\sum_s x_s^2\Big],
 #   \qquad
 #   \mathrm{Var}[b] = \mathrm{Var}[\mathrm{GAP}(x)] + \frac{1-q}{q}\,\mathrm{E}\big[\mathrm{GAP}(x)^2\big].$$
 #
-# The two differ by $\frac{1-q}{q}\,\mathrm{E}\big[\frac{1}{S^2}\sum_{s \ne t} x_s x_t\big]$,
+# For independent positions $\mathrm{Var}[\mathrm{GAP}(x)] = \sigma^2/S$,
+# $\mathrm{E}[\sum_s x_s^2]/S^2 = (\mu^2+\sigma^2)/S$ and
+# $\mathrm{E}[\mathrm{GAP}(x)^2] = \mu^2 + \sigma^2/S$, which gives the two
+# formulas. They differ by $(1-q)\,\mu^2\,(1 - 1/S)/q > 0$.
+# ```
+#
+# The proof gives more than the proposition. Without any independence the
+# two variances differ by
+# $\frac{1-q}{q}\,\mathrm{E}\big[\frac{1}{S^2}\sum_{s \ne t} x_s x_t\big]$,
 # which is never negative when the features are, as they are after a ReLU:
 # on such features H4 never varies more than H5, whatever the correlations.
-# For i.i.d. positions with mean $\mu$ and variance $\sigma^2$ we have
-# $\mathrm{Var}[\mathrm{GAP}(x)] = \sigma^2/S$, $\mathrm{E}[\sum_s x_s^2]/S^2 = (\mu^2+\sigma^2)/S$
-# and $\mathrm{E}[\mathrm{GAP}(x)^2] = \mu^2 + \sigma^2/S$, which gives
-# Kim et al.'s Proposition 5 (Eqs. 34–35, their $p$ written as $q$):
-#
-# $$\mathrm{Var}[\mathrm{GAP}(\mathrm{Dropout}(x))] = \frac{\sigma^2}{qS} + \frac{(1-q)\,\mu^2}{qS}
-#   \;<\;
-#   \mathrm{Var}[\mathrm{Dropout}(\mathrm{GAP}(x))] = \frac{\sigma^2}{qS} + \frac{(1-q)\,\mu^2}{q}.$$
 #
 # The mean's term is divided by $S$ before GAP and not after it. We measure
 # both sides with `variance.gap_variance_experiment` (Gaussian i.i.d.
@@ -555,7 +574,7 @@ print(f"variance of GAP(x) across images, no dropout: {real['no_dropout']:.5f} "
       f"(independent positions would give {(var_c / S_MAP).mean().item():.5f})")
 
 # %% [markdown]
-# Checks: Proposition 5 holds on the real maps (H4's total variance is below
+# Checks: {prf:ref}`prop-5` holds on the real maps (H4's total variance is below
 # H5's); each total is the no-dropout variance plus the exact noise term,
 # within 3%, and each measured noise is within 5% of its exact value (the
 # masks are random, the decomposition is not); the gain in total variance is
@@ -585,8 +604,16 @@ assert gain["noise, measured"] > gain["noise, i.i.d."], gain
 # ## 5. Guideline 2
 #
 # Putting the measurements together gives Kim et al.'s second guideline,
-# in the book's words: **in the head, use one dropout layer after the head's
-# last BN and before GAP, at H3 or H4.** The reasons, each measured above:
+# in the book's words:
+#
+# ```{prf:guideline} Dropout in the head
+# :label: guideline-2
+#
+# In the head, use one dropout layer, after the head's last BN and before
+# GAP: at H3 or H4.
+# ```
+#
+# The reasons, each measured above:
 #
 # - not at H1 or H2: a BN follows, and its input variance shifts between
 #   training and test (section 2);
@@ -596,7 +623,7 @@ assert gain["noise, measured"] > gain["noise, i.i.d."], gain
 #   the FC input than masking the pooled channel (section 4).
 #
 # One more observation: in a head whose activation is a ReLU, **H3 and H4 are
-# the same layer**. This is Kim et al.'s Proposition 1, which
+# the same layer**. This is Kim et al.'s {prf:ref}`prop-1`, which
 # {doc}`chapter 3 <03_residual_placement>` checked inside the residual block:
 # the mask is 0 or $1/q > 0$, and a ReLU commutes with multiplication by a
 # non-negative number, so $\mathrm{ReLU}(m x / q) = m\,\mathrm{ReLU}(x)/q$.

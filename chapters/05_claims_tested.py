@@ -311,10 +311,10 @@ for name in MLP_CONFIGS:
 # general rule. In a network that ends in global average pooling, the last
 # pooling layer *is* GAP, so the rule puts dropout between GAP and the FC
 # layer: "after GAP" above, position H5 in {cite:t}`kim2023dropout`. Kim et
-# al. argue for the other side of GAP (H4, "end" above; their Guideline 2):
+# al. argue for the other side of GAP (H4, "end" above; their {prf:ref}`guideline-2`):
 # averaging over the $S$ spatial positions after dropping divides the noise
 # of elementwise dropout by about $S$, while dropping after averaging does not
-# (their Proposition 5). Chapter 4 measures the head positions in depth.
+# (their {prf:ref}`prop-5`). Chapter 4 measures the head positions in depth.
 #
 # **The smallest refutation.** (a) Does "after GAP" beat no dropout? (b) Is
 # it beaten by "end"? (c) The mechanism: on the trained feature maps of the
@@ -1013,11 +1013,11 @@ else:
 # networks use less dropout in favour of BN.
 #
 # **The smallest refutation.** In the shared CNN with BN, does dropout at the
-# place Kim et al. recommend ("end", after the last BN–ReLU, their Guideline
-# 2) raise the test accuracy over no dropout? The claim predicts it does
+# place Kim et al. recommend ("end", after the last BN–ReLU, their
+# {prf:ref}`guideline-2`) raise the test accuracy over no dropout? The claim predicts it does
 # not. On CIFAR with deep PreResNets, {cite:t}`kim2023dropout` report
 # (quoted, their Table 1) gains between +0.01 and +1.04 points for dropout
-# placed by their Guideline 1, and losses of up to 55 points for dropout at
+# placed by their {prf:ref}`guideline-1`, and losses of up to 55 points for dropout at
 # the block input; chapter 3 re-runs that comparison.
 
 # %%

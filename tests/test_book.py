@@ -219,3 +219,43 @@ def test_the_repository_url_is_written_once():
     copies = [p.relative_to(ROOT) for p in [*CHAPTERS.glob("*.*"), ROOT / "README.md", ROOT / "environment.yml"]
               if p.suffix in {".py", ".ipynb", ".md", ".yml"} and url.split("://", 1)[1] in p.read_text()]
     assert not copies, f"the repository url is copied into {copies}: read it from _config.yml instead"
+
+
+def numbered_statements() -> dict[str, list[str]]:
+    """The labels of the book's sphinx-proof boxes, per counter, in reading order (_toc.yml's)."""
+    counters = {"definition": "definition", "proposition": "proposition", "guideline": "criterion",
+                "criterion": "criterion"}
+    found: dict[str, list[str]] = {}
+    for entry in toc_files():
+        path = next(p for p in (ROOT / f"{entry}.py", ROOT / f"{entry}.md") if p.exists())
+        for kind, label in re.findall(r"```\{prf:(\w+)\}[^\n]*\n(?:# )?:label: (\S+)", path.read_text()):
+            if kind != "proof":
+                found.setdefault(counters.get(kind, kind), []).append(label)
+    return found
+
+
+def test_kim_et_al_statements_are_numbered_as_in_the_paper():
+    """sphinx-proof numbers each kind through the whole book, so the boxes must come in the
+    paper's order for "Proposition 3" in the book to be Kim et al.'s Proposition 3."""
+    assert numbered_statements() == {
+        "definition": ["def-dropout", "def-delta"],
+        "proposition": [f"prop-{i}" for i in range(1, 6)],
+        "criterion": ["guideline-1", "guideline-2"],
+    }
+
+
+def test_every_prf_reference_has_its_box():
+    labels = {label for labels in numbered_statements().values() for label in labels}
+    pages = [ROOT / f"{entry}{ext}" for entry in toc_files() for ext in (".py", ".md")]
+    refs = {m for p in pages if p.exists() for m in re.findall(r"\{prf:ref\}`(?:[^`<]*<)?([\w-]+)>?`", p.read_text())}
+    assert refs and refs <= labels, f"references without a box: {sorted(refs - labels)}"
+
+
+@pytest.mark.book
+def test_propositions_are_numbered_and_the_guide_links_them(html):
+    head = (html / "chapters" / "04_head_placement.html").read_text()
+    assert '<span class="caption-number">Proposition 5 </span>' in head
+    assert '<span class="caption-number">Guideline 2 </span>' in head
+    guide = (html / "chapters" / "guide.html").read_text()
+    assert 'href="04_head_placement.html#prop-5">Proposition 5</a>' in guide
+    assert 'href="03_residual_placement.html#guideline-1">Guideline 1</a>' in guide
