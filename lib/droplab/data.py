@@ -16,8 +16,9 @@ Every file is checked against its sha256 before it is parsed; a missing,
 truncated or corrupt file stops with a message that names it and says how to
 get a good copy. The ``synthetic`` set is generated, for unit tests only.
 
-The second half of the module is the device-resident augmentation the fast
-training path uses (:func:`random_crop_flip`).
+Then: subsets of a split (:func:`subset`, :func:`holdout`, :func:`class_split`)
+and the device-resident augmentation the fast training path uses
+(:func:`random_crop_flip`).
 """
 
 from __future__ import annotations
@@ -73,6 +74,20 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
 
+def _cifar(n: int, classes: tuple[str, ...], sha256: str, megabytes: int) -> DatasetInfo:
+    """CIFAR-10 or CIFAR-100: one python-pickle archive with its sha256."""
+    archive = f"cifar-{n}-python.tar.gz"
+    return DatasetInfo(
+        f"cifar{n}", n, (3, 32, 32), classes,
+        folders=(f"cifar{n}", f"cifar-{n}", ""),
+        files={archive: sha256},
+        how_to_get=(
+            f"Put {archive} ({megabytes} MB, from the CIFAR home page) in data/cifar{n}/ or in the "
+            f"folder named by DROPLAB_DATA, or allow a download with DROPLAB_DOWNLOAD=1."
+        ),
+    )
+
+
 DATASETS: dict[str, DatasetInfo] = {
     "fashion-mnist": DatasetInfo(
         "fashion-mnist", 10, (1, 28, 28), FASHION_CLASSES,
@@ -92,24 +107,9 @@ DATASETS: dict[str, DatasetInfo] = {
             "a download with DROPLAB_DOWNLOAD=1."
         ),
     ),
-    "cifar10": DatasetInfo(
-        "cifar10", 10, (3, 32, 32), CIFAR10_CLASSES,
-        folders=("cifar10", "cifar-10", ""),
-        files={"cifar-10-python.tar.gz": "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"},
-        how_to_get=(
-            "Put cifar-10-python.tar.gz (170 MB, from the CIFAR home page) in data/cifar10/ or in the "
-            "folder named by DROPLAB_DATA, or allow a download with DROPLAB_DOWNLOAD=1."
-        ),
-    ),
-    "cifar100": DatasetInfo(
-        "cifar100", 100, (3, 32, 32), tuple(f"class {i}" for i in range(100)),
-        folders=("cifar100", "cifar-100", ""),
-        files={"cifar-100-python.tar.gz": "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7"},
-        how_to_get=(
-            "Put cifar-100-python.tar.gz (161 MB, from the CIFAR home page) in data/cifar100/ or in the "
-            "folder named by DROPLAB_DATA, or allow a download with DROPLAB_DOWNLOAD=1."
-        ),
-    ),
+    "cifar10": _cifar(10, CIFAR10_CLASSES, "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce", 170),
+    "cifar100": _cifar(100, tuple(f"class {i}" for i in range(100)),
+                       "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7", 161),
     "synthetic": DatasetInfo(
         "synthetic", 10, (1, 28, 28), tuple(f"pattern {i}" for i in range(10)),
         folders=(), files={}, how_to_get="generated on the fly; nothing to get",
@@ -334,6 +334,33 @@ def holdout(split: Split, n_train: int | None, n_val: int, seed: int = 0) -> tup
     return train, Split(split.images[val_idx], split.labels[val_idx])
 
 
+def class_split(split: Split, classes: tuple[int, ...] | list[int] | range) -> Split:
+    """The samples of ``split`` whose label is one of ``classes``, relabelled
+    ``0 .. len(classes) - 1`` in the order given.
+
+    ``class_split(train, (5, 6, 7, 8, 9))`` keeps Sandal, Shirt, Sneaker, Bag and
+    Ankle boot of Fashion-MNIST as labels 0-4, so that a network pre-trained on
+    classes 0-4 can be fine-tuned on the other five with a five-way classifier
+    (chapter 5, claim 4). Order of the samples is kept; images are shared, not copied.
+    """
+    classes = [int(c) for c in classes]
+    if not classes:
+        raise ValueError("classes is empty; name at least one class label to keep")
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"classes {classes} name a class twice; each class must appear once")
+    labels = split.labels
+    present = set(labels.unique().tolist())
+    missing = [c for c in classes if c not in present]
+    if missing:
+        raise ValueError(f"classes {missing} have no sample in this split (its labels are "
+                         f"{sorted(present)}); check the class numbers")
+    lut = torch.full((int(labels.max()) + 1,), -1, dtype=torch.long)
+    lut[torch.tensor(classes)] = torch.arange(len(classes))
+    new = lut[labels]
+    keep = new >= 0
+    return Split(split.images[keep], new[keep])
+
+
 # ----------------------------------------------------------------------------
 # Device-resident augmentation (the fast path of droplab.train)
 # ----------------------------------------------------------------------------
@@ -360,35 +387,3 @@ def random_crop_flip(x: torch.Tensor, pad: int = 2, flip: bool = True, mode: str
         coin = torch.rand(n, device=dev, generator=generator) < 0.5
         x = torch.where(coin.view(n, 1, 1, 1), x.flip(-1), x)
     return x
-
-
-# ----------------------------------------------------------------------------
-# Chapter 5 support: class subsets, for pre-training on some classes and
-# fine-tuning on the others
-# ----------------------------------------------------------------------------
-
-def class_split(split: Split, classes: tuple[int, ...] | list[int] | range) -> Split:
-    """The samples of ``split`` whose label is one of ``classes``, relabelled
-    ``0 .. len(classes) - 1`` in the order given.
-
-    ``class_split(train, (5, 6, 7, 8, 9))`` keeps Sandal, Shirt, Sneaker, Bag and
-    Ankle boot of Fashion-MNIST as labels 0-4, so that a network pre-trained on
-    classes 0-4 can be fine-tuned on the other five with a five-way classifier
-    (chapter 5, claim 4). Order of the samples is kept; images are shared, not copied.
-    """
-    classes = [int(c) for c in classes]
-    if not classes:
-        raise ValueError("classes is empty; name at least one class label to keep")
-    if len(set(classes)) != len(classes):
-        raise ValueError(f"classes {classes} name a class twice; each class must appear once")
-    labels = split.labels
-    present = set(labels.unique().tolist())
-    missing = [c for c in classes if c not in present]
-    if missing:
-        raise ValueError(f"classes {missing} have no sample in this split (its labels are "
-                         f"{sorted(present)}); check the class numbers")
-    lut = torch.full((int(labels.max()) + 1,), -1, dtype=torch.long)
-    lut[torch.tensor(classes)] = torch.arange(len(classes))
-    new = lut[labels]
-    keep = new >= 0
-    return Split(split.images[keep], new[keep])

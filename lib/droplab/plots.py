@@ -169,16 +169,9 @@ def measured_vs_analytic(
     return ax
 
 
-def bars_with_ci(
-    ax: Any,
-    labels: Sequence[str],
-    means: Sequence[float] | np.ndarray,
-    ci: Sequence[float] | np.ndarray | None,
-    baseline: float | None = None,
-    baseline_label: str = "no dropout",
-    highlight: Iterable[str] = (),
-    color: str | None = None,
-) -> Any:
+def bars_with_ci(ax: Any, labels: Sequence[str], means: Sequence[float] | np.ndarray,
+                 ci: Sequence[float] | np.ndarray | None, baseline: float | None = None,
+                 baseline_label: str = "no dropout", highlight: Iterable[str] = (), color: str | None = None) -> Any:
     """Bars of ``means`` with ``ci`` half-widths as error bars; ``baseline`` as a dashed line.
 
     Bars named in ``highlight`` (e.g. the guideline's positions) get the
