@@ -2,6 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -53,7 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from droplab import data, metrics, models, plots, repro, scale, train, variance
+from droplab import data, metrics, models, plots, probes, repro, scale, surgery, train, variance
 from droplab import dropout as D
 
 dev = repro.device()
@@ -285,14 +290,14 @@ bug = {}
 for p_bug in tqdm(BUG_RATES, desc="forgotten scaling", disable=scale.current() == "smoke"):
     repro.seed_everything(0)
     net = models.MLP(hidden=HIDDEN, p=p_bug, dropout_at="hidden")
-    D.replace_dropout(net, "none")
+    surgery.replace_dropout(net, "none")
     train.fit(net, train_set, None, EPOCHS, seed=0, progress=False, **RECIPE)
     first = net.layers[:4]  # Flatten, Linear, ReLU, Dropout
     with torch.no_grad():
         factor = first.eval()(x_test).mean().item() / first.train()(x_test).mean().item()
     net.eval()
     buggy = train.predict(net, test_set)
-    D.set_scaling(net, "classic")
+    surgery.set_scaling(net, "classic")
     bug[p_bug] = dict(factor=factor, buggy=buggy, repaired=train.predict(net, test_set))
 
 print(f"{'p':>4} {'1/q':>6} {'measured':>9} {'loss buggy':>11} {'repaired':>9} "
@@ -871,7 +876,7 @@ assert abs(neighbour_kept - (1 - P_SPATIAL)) < 5 * math.sqrt(pq / dropped_here.s
 # %%
 P_SWEEP = (0.1, 0.2, 0.3, 0.5, 0.7)
 g_rec = torch.Generator().manual_seed(D.mask_seed(7))
-recovery = {kind: [D.neighbour_recovery(fmap, p_, spatial=(kind == "spatial"), generator=g_rec)
+recovery = {kind: [probes.neighbour_recovery(fmap, p_, spatial=(kind == "spatial"), generator=g_rec)
                    for p_ in P_SWEEP]
             for kind in ("element", "spatial")}
 for kind, rows_ in recovery.items():
@@ -1189,8 +1194,8 @@ g_sh = torch.Generator().manual_seed(D.mask_seed(13))
 per_sample = D.dropout(x_sh, p_sh, generator=g_sh).mean(1)
 one_per_batch = D.mask((n_batches, 1, units), p_sh, generator=g_sh, dtype=torch.float64)
 shared = D.dropout(x_sh, p_sh, mask=one_per_batch).mean(1)
-formulas = {"per sample": variance.gap_dropout_variance(1.0, 1.0, p_sh, B_ex),
-            "shared": variance.dropout_gap_variance(1.0, 1.0, p_sh, B_ex)}
+formulas = {"per sample": variance.variance_at_h4(1.0, 1.0, p_sh, B_ex),
+            "shared": variance.variance_at_h5(1.0, 1.0, p_sh, B_ex)}
 for name, means in (("per sample", per_sample), ("shared", shared)):
     v = means.var().item()
     se_v = math.sqrt((((means - means.mean()) ** 4).mean().item() - v**2) / means.numel())

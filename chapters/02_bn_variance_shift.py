@@ -2,6 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -61,7 +66,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from droplab import data, dropout, metrics, models, plots, repro, scale, train, variance
+from droplab import data, dropout, inconsistency, metrics, models, plots, probes, repro, scale, surgery, train, variance
 
 print(f"scale: {scale.current()}   device: {repro.device()}   torch {torch.__version__}")
 
@@ -310,9 +315,9 @@ for seed, name in tqdm(list(itertools.product(seeds, placements)), desc="trainin
     repro.seed_everything(seed)
     net = models.CNN(widths=widths, convs_per_stage=2, p=p, dropout_at=placements[name])
     if name == "dropout after every BN-ReLU":
-        models.insert_dropout(net, nn.ReLU, p)
+        surgery.insert_dropout(net, nn.ReLU, p)
     if name == "uniform noise before every BN":
-        dropout.swap_dropout(net, lambda old: dropout.UniformDropout(dropout.matched_beta(old.p)))
+        surgery.swap_dropout(net, lambda old: dropout.UniformDropout(dropout.matched_beta(old.p)))
     histories[name, seed] = train.fit(net, train_set, None, epochs, batch_size=batch_size, seed=seed, progress=False)
     nets[name, seed] = net
 print(f"trained {len(nets)} networks")
@@ -332,7 +337,7 @@ print(f"trained {len(nets)} networks")
 # %%
 x_test, _ = train.to_device(test_set, repro.device(), train.input_stats(train_set.images))
 accuracy = {key: train.evaluate(net, test_set)[1] for key, net in nets.items()}
-shifts = {key: variance.bn_variance_shift(net, x_test) for key, net in nets.items()}
+shifts = {key: probes.bn_variance_shift(net, x_test) for key, net in nets.items()}
 ratio = {key: np.array([s.ratio for s in layers]) for key, layers in shifts.items()}
 eq6_alone = {key: np.array([variance.dropout_ratio(s.input_var, s.input_mean, p).mean().item() for s in layers])
              for key, layers in shifts.items()}
@@ -450,7 +455,7 @@ else:
 recalibrated = {key: train.recalibrate_bn(copy.deepcopy(net), train_set, batch_size=256, num_batches=4)
                 for key, net in nets.items()}
 accuracy_recal = {key: train.evaluate(net, test_set)[1] for key, net in recalibrated.items()}
-ratio_recal = {key: np.array([s.ratio for s in variance.bn_variance_shift(net, x_test)]) for key, net in recalibrated.items()}
+ratio_recal = {key: np.array([s.ratio for s in probes.bn_variance_shift(net, x_test)]) for key, net in recalibrated.items()}
 for name in placements:
     print(f"{name:32s} ratio by depth after recalibration: {np.round(by_seed(ratio_recal, name).mean(0), 3)}")
 
@@ -650,7 +655,7 @@ else:
 widths_w = scale.pick(smoke=[32, 64, 128, 256], class_=[32, 64, 128, 256, 512], paper=[32, 64, 128, 256, 512, 1024])
 batch_w = scale.pick(smoke=4_000, class_=10_000, paper=50_000)
 weight_means = [0.0, 0.02, 0.05]
-width_delta = {(mw, n): variance.prop2_pipeline(n, mw, p=0.5, batch=batch_w, position="pre", seed=0)
+width_delta = {(mw, n): inconsistency.pre_post_dropout_ratio(n, mw, p=0.5, batch=batch_w, position="pre", seed=0)
                for mw in weight_means for n in widths_w}
 for mw in weight_means:
     print(f"E[W] = {mw:4}: Δ by width {widths_w}: {np.round([width_delta[mw, n] for n in widths_w], 3)}")
@@ -812,7 +817,7 @@ assert abs(out_ex.var().item() - 0.2) < 5 * 0.2 * (((kurtosis(h_ex_train) - 1) /
 
 # %%
 # With dropout on, every BN sees at test time what it saw in training: the shift disappears.
-mc_ratio = np.array([s.ratio for s in variance.bn_variance_shift(nets[before, 0], x_test, dropout=True)])
+mc_ratio = np.array([s.ratio for s in probes.bn_variance_shift(nets[before, 0], x_test, dropout=True)])
 print(f"ratio by depth with dropout on at test: {np.round(mc_ratio, 3)}   (off: {np.round(ratio[before, 0], 3)})")
 if scale.current() != "smoke":
     assert np.abs(mc_ratio - 1).max() < 0.1, mc_ratio  # the reference network's tolerance
@@ -839,7 +844,7 @@ else:
 
 # %%
 small = train.recalibrate_bn(copy.deepcopy(nets[before, 0]), train_set, batch_size=64, num_batches=2)
-small_ratio = np.array([s.ratio for s in variance.bn_variance_shift(small, x_test)])
+small_ratio = np.array([s.ratio for s in probes.bn_variance_shift(small, x_test)])
 print(f"ratio by depth, 2 x 64 images: {np.round(small_ratio, 3)}   4 x 256 images: {np.round(ratio_recal[before, 0], 3)}")
 print(f"accuracy, 2 x 64 images: {100 * train.evaluate(small, test_set)[1]:.1f} %   4 x 256: {100 * accuracy_recal[before, 0]:.1f} %")
 # 128 images x 49 to 784 positions per channel already estimate a variance to a few percent

@@ -2,6 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -111,7 +116,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from droplab import data, metrics, models, plots, repro, scale, sweep, train, variance
+from droplab import data, inconsistency, metrics, models, plots, probes, repro, scale, surgery, sweep, train, variance
 from droplab import dropout as D
 
 try:
@@ -248,11 +253,11 @@ assert verdict_1 == "contradicts"  # robust: an exact property of the two rules
 CNN_CONFIGS = {
     "none": lambda: models.CNN(widths=WIDTHS),
     "before BN": lambda: models.CNN(widths=WIDTHS, p=P, dropout_at="before_bn"),
-    "after BN": lambda: models.insert_dropout(models.CNN(widths=WIDTHS), nn.ReLU, P),
+    "after BN": lambda: surgery.insert_dropout(models.CNN(widths=WIDTHS), nn.ReLU, P),
     "end": lambda: models.CNN(widths=WIDTHS, p=P, dropout_at="after_last_bn"),
-    "after GAP": lambda: models.insert_dropout(models.CNN(widths=WIDTHS), nn.Flatten, P),
+    "after GAP": lambda: surgery.insert_dropout(models.CNN(widths=WIDTHS), nn.Flatten, P),
     f"end p={P_HIGH}": lambda: models.CNN(widths=WIDTHS, p=P_HIGH, dropout_at="after_last_bn"),
-    f"after GAP p={P_HIGH}": lambda: models.insert_dropout(models.CNN(widths=WIDTHS), nn.Flatten, P_HIGH),
+    f"after GAP p={P_HIGH}": lambda: surgery.insert_dropout(models.CNN(widths=WIDTHS), nn.Flatten, P_HIGH),
 }
 short = {"Conv2d": "Conv", "BatchNorm2d": "BN", "MaxPool2d": "Pool", "AdaptiveAvgPool2d": "GAP", "Linear": "FC"}
 for name, build in CNN_CONFIGS.items():
@@ -332,7 +337,7 @@ base = cnn_runs["none", SEEDS[0]][0]
 x_test, y_test = train.to_device(test_set, dev, base.input_stats)
 with torch.no_grad():
     feats = base.eval().features(x_test)  # (N, C, H, W): the last BN-ReLU's output
-gap_noise = variance.gap_variances_on(feats, P, samples=16, seed=0)
+gap_noise = inconsistency.head_variances_on(feats, P, samples=16, seed=0)
 S = feats.shape[2] * feats.shape[3]
 noise_ratio = gap_noise["H5_noise"] / gap_noise["H4_noise"]
 print(f"feature map: {feats.shape[1]} channels x {S} positions; p = {P}")
@@ -395,7 +400,7 @@ print(f"claim 2: {verdict_2} ({evidence_2})")
 # which removes the shift and nothing else.
 
 # %%
-shift = {name: [s.ratio for s in variance.bn_variance_shift(cnn_runs[name, SEEDS[0]][0], x_test)]
+shift = {name: [s.ratio for s in probes.bn_variance_shift(cnn_runs[name, SEEDS[0]][0], x_test)]
          for name in ("none", "before BN", "after BN", "end")}
 print(f"seed {SEEDS[0]}: test-time input variance / running variance, per BN layer (1 = no shift)")
 for name, ratios in shift.items():
@@ -529,13 +534,13 @@ print(f"pre-trained on {len(pre_train.labels)} images of classes {PRE_CLASSES}: 
 new_pool = data.class_split(full_train, NEW_CLASSES)
 new_test = train.to_device(data.subset(data.class_split(full_test, NEW_CLASSES), N_TEST, seed=1), dev,
                            pretrained.input_stats)  # normalized with the pre-training statistics
-fresh = lambda: models.replace_classifier(copy.deepcopy(pretrained), len(NEW_CLASSES))  # noqa: E731
+fresh = lambda: surgery.replace_classifier(copy.deepcopy(pretrained), len(NEW_CLASSES))  # noqa: E731
 FT_CONFIGS = {
     "none": fresh,
-    "early": lambda: models.insert_dropout(fresh(), nn.ReLU, P, index=0),
-    "middle": lambda: models.insert_dropout(fresh(), nn.ReLU, P, index=1),
-    "late": lambda: models.insert_dropout(fresh(), nn.ReLU, P, index=2),
-    "head": lambda: models.insert_dropout(fresh(), nn.Flatten, P),
+    "early": lambda: surgery.insert_dropout(fresh(), nn.ReLU, P, index=0),
+    "middle": lambda: surgery.insert_dropout(fresh(), nn.ReLU, P, index=1),
+    "late": lambda: surgery.insert_dropout(fresh(), nn.ReLU, P, index=2),
+    "head": lambda: surgery.insert_dropout(fresh(), nn.Flatten, P),
 }
 ft_acc = {name: [] for name in FT_CONFIGS}
 ft_recal = {name: [] for name in FT_CONFIGS}
@@ -629,8 +634,8 @@ print(f"interaction (FC - conv): {pmd(d5)} points")
 k_fc = 0.5 / (1 - 0.5)  # p/q of FC dropout at the usual p = 0.5
 k_conv = noise_ratio * k_fc  # noise_ratio = b / a, measured in claim 2
 p_equivalent = k_conv / (1 + k_conv)
-noise_conv = variance.gap_variances_on(feats, p_equivalent, samples=16, seed=3)["H4_noise"]
-noise_fc = variance.gap_variances_on(feats, 0.5, samples=16, seed=4)["H5_noise"]
+noise_conv = inconsistency.head_variances_on(feats, p_equivalent, samples=16, seed=3)["H4_noise"]
+noise_fc = inconsistency.head_variances_on(feats, 0.5, samples=16, seed=4)["H5_noise"]
 print(f"predicted: FC dropout at p = 0.5 adds as much noise to the classifier as feature-map dropout at p = {p_equivalent:.3f}")
 print(f"measured with fresh masks: feature map at p = {p_equivalent:.3f}: {noise_conv:.5f};  FC input at p = 0.5: {noise_fc:.5f}")
 
@@ -793,7 +798,7 @@ print(f"claim 7: {verdict_7} ({evidence_7})")
 BATCHES = (8, 32, 128)
 N_GRAD_BATCHES = scale.pick(smoke=48, class_=128, paper=256)
 probe = mlp_runs["every layer", SEEDS[0]][0]
-noise = {(b, on): train.gradient_noise(probe, train_set, b, N_GRAD_BATCHES, dropout=on, seed=b)["noise"]
+noise = {(b, on): probes.gradient_noise(probe, train_set, b, N_GRAD_BATCHES, dropout=on, seed=b)["noise"]
          for b in BATCHES for on in (True, False)}
 share = {b: noise[b, True] / noise[b, False] for b in BATCHES}
 print(f"{'B':>4} {'noise, dropout on':>18} {'dropout off':>12} {'B x noise (on)':>15} {'on / off':>9}")

@@ -131,3 +131,24 @@ def test_random_crop_flip_draws_per_sample():
 def test_random_crop_without_padding_or_flip_is_identity():
     x = torch.rand(4, 3, 32, 32)
     assert torch.equal(data.random_crop_flip(x, pad=0, flip=False), x)
+
+
+# --- class_split: some classes, relabelled (chapter 5) -------------------------------------
+
+def test_class_split_keeps_the_named_classes_and_relabels_them_in_order() -> None:
+    split = data.synthetic("train", n=500)
+    out = data.class_split(split, (7, 2, 5))
+    expected = torch.isin(split.labels, torch.tensor([7, 2, 5]))
+    assert len(out.labels) == int(expected.sum())
+    assert set(out.labels.tolist()) == {0, 1, 2}
+    assert torch.equal(out.images, split.images[expected])
+    back = torch.tensor([7, 2, 5])[out.labels]
+    assert torch.equal(back, split.labels[expected])
+
+
+def test_class_split_says_which_class_is_missing() -> None:
+    split = data.class_split(data.synthetic("train", n=300), (0, 1))
+    with pytest.raises(ValueError, match=r"\[4\]"):
+        data.class_split(split, (0, 4))
+    with pytest.raises(ValueError, match="twice"):
+        data.class_split(split, (0, 0))

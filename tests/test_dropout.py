@@ -162,45 +162,8 @@ def test_mc_uncertainty_measures_are_non_negative() -> None:
 
 # --- swapping dropout layers, forgotten scaling, MC passes, neighbour recovery --------------
 
-def small_mlp(batch_norm: bool = False) -> nn.Sequential:
-    torch.manual_seed(0)
-    layers: list[nn.Module] = [nn.Linear(8, 16)]
-    layers += [nn.BatchNorm1d(16)] if batch_norm else []
-    layers += [nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3)]
-    return nn.Sequential(*layers)
 
-
-def test_replace_dropout_swaps_every_nn_dropout_and_keeps_p() -> None:
-    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.3), nn.Sequential(nn.ReLU(), nn.Dropout(0.6)), nn.Dropout2d(0.2))
-    assert D.replace_dropout(model, "none") == 2
-    ours = [m for m in model.modules() if isinstance(m, D.Dropout)]
-    assert [m.p for m in ours] == [0.3, 0.6]
-    assert all(m.scaling == "none" for m in ours)
-    assert isinstance(model[3], nn.Dropout2d), "spatial dropout is left alone"
-
-
-def test_replace_dropout_keeps_the_mode() -> None:
-    model = small_mlp().eval()
-    D.replace_dropout(model, "classic")
-    assert not model[2].training
-
-
-def test_replace_dropout_rejects_an_unknown_scaling() -> None:
-    with pytest.raises(ValueError, match="scaling"):
-        D.replace_dropout(small_mlp(), "weights")
-
-
-def test_set_scaling_repairs_the_forgotten_scaling() -> None:
-    model = small_mlp()
-    D.replace_dropout(model, "none")
-    x = torch.rand(64, 8)
-    model.eval()
-    buggy = model[:3](x)
-    assert D.set_scaling(model, "classic") == 1
-    assert torch.allclose(model[:3](x), buggy * 0.5), "classic multiplies by q = 0.5 at test time"
-
-
-def test_mc_outputs_average_to_the_weight_scaled_logits_for_a_last_layer_dropout() -> None:
+def test_mc_outputs_average_to_the_weight_scaled_logits_for_a_last_layer_dropout(small_mlp) -> None:
     """With dropout only before the last linear layer, E[logits] equals the eval-mode logits exactly."""
     model = small_mlp().eval()
     x = torch.rand(32, 8)
@@ -213,7 +176,7 @@ def test_mc_outputs_average_to_the_weight_scaled_logits_for_a_last_layer_dropout
     assert not model.training and not model[3].training, "modes are restored"
 
 
-def test_mc_outputs_repeat_with_a_seed_and_leave_the_global_stream_alone() -> None:
+def test_mc_outputs_repeat_with_a_seed_and_leave_the_global_stream_alone(small_mlp) -> None:
     model = small_mlp()
     x = torch.rand(5, 8)
     torch.manual_seed(123)
@@ -226,7 +189,7 @@ def test_mc_outputs_repeat_with_a_seed_and_leave_the_global_stream_alone() -> No
     assert not torch.equal(a[0], a[1]), "every pass draws new masks"
 
 
-def test_mc_predict_train_mode_depends_on_the_batch_and_restores_the_model() -> None:
+def test_mc_predict_train_mode_depends_on_the_batch_and_restores_the_model(small_mlp) -> None:
     model = small_mlp(batch_norm=True)
     model.train()
     with torch.no_grad():
@@ -242,36 +205,6 @@ def test_mc_predict_train_mode_depends_on_the_batch_and_restores_the_model() -> 
     for k, v in model.state_dict().items():
         assert torch.equal(v, saved[k]), f"{k} was not restored"
     assert not model.training
-
-
-def test_neighbour_recovery_spatial_dropout_recovers_nothing() -> None:
-    x = torch.rand(20, 4, 12, 12, generator=gen(1))
-    out = D.neighbour_recovery(x, 0.4, spatial=True, generator=gen(2))
-    assert out["recovered"] == pytest.approx(0.0, abs=1e-12)
-    assert out["unrecoverable"] == pytest.approx(out["dropped"])
-
-
-def test_neighbour_recovery_on_smooth_maps_recovers_most_of_the_dropped_variance() -> None:
-    base = torch.rand(50, 3, 4, 4, generator=gen(3))
-    smooth = torch.nn.functional.interpolate(base, size=(16, 16), mode="bilinear", align_corners=False)
-    out = D.neighbour_recovery(smooth, 0.3, generator=gen(4))
-    assert out["dropped"] == pytest.approx(0.3, abs=0.03)
-    assert out["recovered"] > 0.8
-    assert out["unrecoverable"] < 0.1
-
-
-def test_neighbour_recovery_on_white_noise_recovers_almost_nothing() -> None:
-    noise = torch.randn(50, 3, 16, 16, generator=gen(5))
-    out = D.neighbour_recovery(noise, 0.3, generator=gen(6))
-    assert abs(out["recovered"]) < 0.02
-    assert out["unrecoverable"] == pytest.approx(out["dropped"], rel=0.03)
-
-
-def test_neighbour_recovery_checks_its_input() -> None:
-    with pytest.raises(ValueError, match="N, C, H, W"):
-        D.neighbour_recovery(torch.rand(10, 4), 0.5)
-    with pytest.raises(ValueError, match="DROPPING"):
-        D.neighbour_recovery(torch.rand(2, 2, 4, 4), 1.0)
 
 
 # --- uniform-noise dropout (Li et al. 2019) and swapping dropout layers ----------------------
@@ -305,10 +238,54 @@ def test_matched_beta_gives_the_shift_of_dropout() -> None:
         D.UniformDropout(1.5)
 
 
-def test_swap_dropout_replaces_every_dropout_layer() -> None:
-    cnn = models.CNN(widths=(4, 8), convs_per_stage=2, p=0.1, dropout_at="before_bn").eval()
-    count = D.swap_dropout(cnn, lambda old: D.UniformDropout(D.matched_beta(old.p)))
-    assert count == 4
-    layers = D.dropout_modules(cnn)
-    assert len(layers) == 4 and all(isinstance(m, D.UniformDropout) for m in layers)
-    assert all(math.isclose(m.beta, D.matched_beta(0.1)) and not m.training for m in layers)
+
+
+# --- the primitives the rest of droplab builds on -------------------------------------------
+
+@pytest.mark.parametrize("layer", [nn.Dropout(0.1), nn.Dropout2d(0.1), nn.AlphaDropout(0.1), D.Dropout(0.1),
+                                   D.SpatialDropout(0.1), D.UniformDropout(0.1)])
+def test_is_dropout_knows_every_dropout_layer(layer: nn.Module) -> None:
+    assert D.is_dropout(layer)
+    assert not D.is_dropout(nn.BatchNorm1d(3)) and not D.is_dropout(nn.ReLU())
+
+
+def test_check_p_names_what_it_checks() -> None:
+    assert D.check_p(0.3) == 0.3
+    with pytest.raises(ValueError, match=r"head_p is the probability of dropping a unit .* \[0, 1\)"):
+        D.check_p(1.0, "head_p")
+    with pytest.raises(ValueError, match="probability of dropping"):
+        D.check_p("0.1")
+
+
+def test_seeded_masks_repeat_and_leave_the_global_stream_alone() -> None:
+    torch.manual_seed(5)
+    expected_next = torch.rand(1)
+    torch.manual_seed(5)
+    with D.seeded_masks(3):
+        a = torch.rand(4)
+    assert torch.equal(torch.rand(1), expected_next), "the global stream is where it was"
+    with D.seeded_masks(3):
+        assert torch.equal(torch.rand(4), a)
+    torch.manual_seed(3)
+    assert not torch.equal(torch.rand(4), a), "masks come from mask_seed(seed), not from seed itself"
+
+
+def test_saved_buffers_give_back_the_running_statistics() -> None:
+    bn = nn.BatchNorm1d(4).train()
+    before = [b.clone() for b in bn.buffers()]
+    with D.saved_buffers(bn), torch.no_grad():
+        bn(torch.randn(16, 4) + 3.0)
+        assert not torch.equal(bn.running_mean, before[0])
+    assert all(torch.equal(a, b) for a, b in zip(before, bn.buffers()))
+
+
+def test_the_three_mc_readings_are_one_loop(small_mlp) -> None:
+    model = small_mlp(batch_norm=True).eval()
+    x = torch.randn(12, 8)
+    logits = D.mc_samples(model, x, 3, seed=2, softmax=False)
+    assert torch.equal(D.mc_outputs(model, x, 3, seed=2), logits)
+    assert torch.allclose(D.mc_predict(model, x, 3, seed=2), logits.softmax(-1))
+    trap = D.mc_samples(model, x, 3, batch_size=4, seed=2, bn="batch")
+    assert torch.equal(D.mc_predict_train_mode(model, x, 3, batch_size=4, seed=2), trap)
+    with pytest.raises(ValueError, match="running"):
+        D.mc_samples(model, x, 3, bn="train")

@@ -19,23 +19,9 @@ def synthetic():
     return data.synthetic("train", n=1024), data.synthetic("test", n=256)
 
 
-@pytest.fixture(scope="module")
-def images():
-    return data.synthetic("test", n=96)
-
-
 def small_resnet(**kw) -> nn.Module:
     torch.manual_seed(0)
     return models.PreResNet(8, in_channels=1, width=4, **kw)
-
-
-def trained_like() -> nn.Module:
-    """A small PreResNet with non-trivial BN statistics (one train-mode pass), in eval mode."""
-    model = small_resnet(head_conv=True)
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(64, 1, 28, 28))
-    return model.eval()
 
 
 def test_fit_learns_the_synthetic_set(synthetic):
@@ -194,76 +180,4 @@ def test_a_bad_recipe_says_what_is_valid():
 
 # --- per_sample_losses: each sample's loss and gradient norm with dropout on -----------------
 
-def test_without_dropout_every_draw_is_the_eval_loss(images):
-    model = trained_like()
-    r = train.per_sample_losses(model, images, samples=3, stats=([0.5], [0.25]))
-    n = len(images.labels)
-    assert r["loss"].shape == (3, n) and r["grad_norm"].shape == (3, n)
-    assert r["correct"].shape == (n,) and r["correct"].dtype == torch.bool
-    for t in range(3):
-        assert torch.allclose(r["loss"][t], r["eval_loss"], atol=1e-5)
-    x, y = train.to_device(images, torch.device("cpu"), ([0.5], [0.25]))
-    with torch.no_grad():
-        expected = F.cross_entropy(model(x), y, reduction="none")
-    assert torch.allclose(r["eval_loss"], expected, atol=1e-5)
 
-
-def test_gradient_norm_is_that_of_each_sample_alone(images):
-    model = models.with_head_dropout(trained_like(), "H5", p=0.3)
-    stats = ([0.5], [0.25])
-    r = train.per_sample_losses(model, images, samples=1, stats=stats, seed=4)
-    x, y = train.to_device(images, torch.device("cpu"), stats)
-    model.eval()
-    with torch.no_grad():
-        h = model.features(x)
-    next(m for m in model.head if isinstance(m, nn.Dropout)).train()
-    with torch.random.fork_rng():        # the same masks: the same seed, the same single batch
-        torch.manual_seed(4)
-        h.requires_grad_(True)
-        loss = F.cross_entropy(model.head(h), y, reduction="none")
-    assert torch.allclose(loss.detach(), r["loss"][0], atol=1e-5)
-    for i in range(5):
-        (g,) = torch.autograd.grad(loss[i], h, retain_graph=True)
-        assert g[torch.arange(len(y)) != i].abs().max() == 0          # samples do not interact
-        assert g[i].norm().item() == pytest.approx(r["grad_norm"][0, i].item(), rel=1e-5)
-
-
-def test_h7_drops_the_correct_class_at_rate_p_with_a_clamped_loss_and_no_gradient(images):
-    p = 0.3
-    stats = ([0.5], [0.25])
-    model = models.with_head_dropout(trained_like(), "H7", p=p)
-    r = train.per_sample_losses(model, images, samples=40, stats=stats)
-    correct = r["correct"]
-    x, y = train.to_device(images, torch.device("cpu"), stats)
-    with torch.no_grad():
-        assert torch.equal(correct, model.eval()(x).argmax(1) == y)   # the eval-mode predictions
-    # the untrained net predicts one class for all 96 images, 12 of which have it: enough to measure a rate
-    assert int(correct.sum()) >= 10
-    big = r["loss"] > math.log(10)
-    dropped = (r["loss"] - (-math.log(train.EPS))).abs() < 1e-3
-    # a correct prediction has y_c >= 1/10 (y_c / q once kept): its loss exceeds log 10 exactly when y_c is dropped
-    assert torch.equal(big[:, correct], dropped[:, correct])
-    share = big[:, correct].float().mean().item()
-    n = 40 * int(correct.sum())
-    assert abs(share - p) < 5 * math.sqrt(p * (1 - p) / n)
-    assert dropped.float().mean().item() == pytest.approx(p, abs=5 * math.sqrt(p * (1 - p) / r["loss"].numel()))
-    assert torch.all(r["grad_norm"][dropped] == 0)
-
-
-def test_per_sample_draws_differ_and_repeat_with_the_seed_without_touching_the_global_rng(images):
-    model = models.with_head_dropout(trained_like(), "H4", p=0.5)
-    torch.manual_seed(123)
-    state = torch.get_rng_state()
-    a = train.per_sample_losses(model, images, samples=2, seed=1, stats=([0.5], [0.25]))
-    assert torch.equal(torch.get_rng_state(), state)
-    b = train.per_sample_losses(model, images, samples=2, seed=1, stats=([0.5], [0.25]))
-    assert torch.equal(a["loss"], b["loss"])
-    assert not torch.equal(a["loss"][0], a["loss"][1])
-
-
-def test_per_sample_losses_restore_the_modes_and_need_positive_samples(images):
-    model = models.with_head_dropout(trained_like(), "H4", p=0.5).train()
-    train.per_sample_losses(model, images, samples=1, stats=([0.5], [0.25]))
-    assert model.training and model.head[3].training
-    with pytest.raises(ValueError, match="samples"):
-        train.per_sample_losses(model, images, samples=0)

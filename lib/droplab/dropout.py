@@ -1,21 +1,32 @@
-"""Dropout written from scratch (chapter 1).
+"""Dropout written from scratch, and the primitives the rest of droplab builds on (chapter 1).
 
 Notation. The library follows PyTorch: ``p`` is the probability of
 **dropping** a unit. Kim et al. (UAI 2023) write *p* for the **keep**
 probability; the book writes ``q = 1 - p`` for it. Every formula quoted from
 the paper is rewritten with ``q``.
 
-What is here:
+What is here, each once for the whole library:
 
+- :func:`check_p`: the one check of a drop probability;
 - :func:`mask`, :func:`dropout`, :class:`Dropout`: the three scaling rules
   (inverted; classic weight scaling at test time from Srivastava et al. 2014;
   and "none", the bug of forgetting to scale);
 - :class:`SpatialDropout`: drop whole channels (Tompson et al. 2015);
-- MC dropout (Gal & Ghahramani 2016): :func:`enable_dropout`,
-  :func:`mc_dropout`, :func:`mc_predict`, :func:`predictive_entropy`,
-  :func:`mutual_information`;
+  :class:`UniformDropout`: Li et al.'s (2019) uniform noise (chapter 2);
 - :func:`expected_output_variance`: Kim et al. Eq. 6, the train-mode variance
-  of dropout's output.
+  of dropout's output;
+- :func:`is_dropout` and the mode switches built on it (:func:`set_dropout`,
+  :func:`enable_dropout`, :func:`keep_modes`);
+- what a measurement must leave as it found it: :func:`seeded_masks` (masks
+  from a stream of their own, see :func:`mask_seed`) and :func:`saved_buffers`
+  (BN running statistics);
+- MC dropout (Gal & Ghahramani 2016): :func:`mc_dropout`, one loop
+  :func:`mc_samples` and its three readings :func:`mc_predict`,
+  :func:`mc_outputs`, :func:`mc_predict_train_mode`; :func:`predictive_entropy`,
+  :func:`mutual_information`.
+
+Editing the dropout layers of a built network (swap, rescale, insert) is
+:mod:`droplab.surgery`.
 """
 
 from __future__ import annotations
@@ -33,23 +44,28 @@ Scaling = Literal["inverted", "classic", "none"]
 SCALINGS: tuple[str, ...] = ("inverted", "classic", "none")
 
 
-def check_p(p: float) -> float:
+def check_p(p: float, name: str = "p") -> float:
     """Return ``p`` if it is a valid drop probability, else raise a ValueError.
 
     Valid: ``0 <= p < 1`` (``p = 1`` would drop everything and make ``1/q``
-    infinite).
+    infinite); a number or an array of numbers. ``name`` is what the message
+    calls it (``"head_p"``, ...).
     """
-    arr = np.asarray(p, dtype=float)
+    try:
+        arr = np.asarray([] if isinstance(p, (str, bytes)) else p, dtype=float)
+    except (TypeError, ValueError):
+        arr = np.asarray([])
     if arr.size == 0 or not np.all(np.isfinite(arr)) or np.any(arr < 0) or np.any(arr >= 1):
         raise ValueError(
-            f"p is the probability of DROPPING a unit (PyTorch convention) and must lie in "
-            f"[0, 1), i.e. 0 <= p < 1; got {p!r}. Kim et al. write p for the keep probability: "
-            f"if you have a keep probability q, pass p = 1 - q."
+            f"{name} is the probability of dropping a unit (PyTorch convention) and must lie in "
+            f"[0, 1), i.e. 0 <= {name} < 1; got {p!r}. Kim et al. write p for the keep probability: "
+            f"if you have a keep probability q, pass {name} = 1 - q."
         )
     return p
 
 
-def _check_scaling(scaling: str) -> str:
+def check_scaling(scaling: str) -> str:
+    """Return ``scaling`` if it is one of :data:`SCALINGS`, else raise a ValueError that lists them."""
     if scaling not in SCALINGS:
         raise ValueError(f"scaling must be one of {', '.join(map(repr, SCALINGS))}; got {scaling!r}")
     return scaling
@@ -97,7 +113,7 @@ def dropout(
     the mask used (None in evaluation) is returned as well.
     """
     check_p(p)
-    _check_scaling(scaling)
+    check_scaling(scaling)
     q = 1.0 - p
     if not training:
         y = x * q if scaling == "classic" else x
@@ -127,7 +143,7 @@ class Dropout(nn.Module):
     def __init__(self, p: float = 0.5, scaling: Scaling = "inverted", generator: torch.Generator | None = None):
         super().__init__()
         self.p = check_p(p)
-        self.scaling = _check_scaling(scaling)
+        self.scaling = check_scaling(scaling)
         self.generator = generator
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -164,324 +180,8 @@ class SpatialDropout(nn.Module):
         return f"p={self.p}"
 
 
-# --------------------------------------------------------------------------- MC dropout
-
-
-def mask_seed(seed: int) -> int:
-    """The seed of the dropout-mask stream derived from ``seed``.
-
-    Masks must not come from the same stream as the data: ``torch.manual_seed(0)``
-    before drawing the inputs and again before drawing the masks makes the
-    masks correlated with the inputs (a real pitfall: Delta of dropout alone
-    came out 0.59 instead of 0.44). Mixing the seed avoids it.
-    """
-    return (seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % (2**63)
-
-
-DROPOUT_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Dropout3d,
-    nn.AlphaDropout,
-    nn.FeatureAlphaDropout,
-    Dropout,
-    SpatialDropout,
-)
-
-
-def is_dropout(module: nn.Module) -> bool:
-    """True for PyTorch's dropout layers and this module's :class:`Dropout` / :class:`SpatialDropout`."""
-    return isinstance(module, DROPOUT_TYPES)
-
-
-def dropout_modules(model: nn.Module) -> list[nn.Module]:
-    """All dropout layers inside ``model`` (including ``model`` itself)."""
-    return [m for m in model.modules() if is_dropout(m)]
-
-
-def enable_dropout(model: nn.Module) -> list[nn.Module]:
-    """Switch ONLY the dropout layers of ``model`` to train mode; return them.
-
-    Everything else keeps its mode. Calling ``model.train()`` for MC dropout
-    is the BN trap: batch normalization would switch to batch statistics too.
-    """
-    layers = dropout_modules(model)
-    for m in layers:
-        m.train()
-    return layers
-
-
-def set_dropout(model: nn.Module, active: bool) -> None:
-    """Put only the dropout layers of ``model`` in train (``active``) or eval mode."""
-    for m in dropout_modules(model):
-        m.train(active)
-
-
-@contextlib.contextmanager
-def keep_modes(model: nn.Module) -> Iterator[nn.Module]:
-    """Context manager: restore the train/eval mode of every submodule on exit."""
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        yield model
-    finally:
-        for m, mode in modes:
-            m.training = mode
-
-
-@contextlib.contextmanager
-def mc_dropout(model: nn.Module) -> Iterator[nn.Module]:
-    """Context manager for MC dropout (Gal & Ghahramani 2016).
-
-    Inside: the model is in eval mode (BN uses its running statistics) except
-    for the dropout layers, which sample masks. On exit every submodule is
-    back in the mode it had.
-    """
-    with keep_modes(model):
-        model.eval()
-        enable_dropout(model)
-        yield model
-
-
-def mc_predict(
-    model: nn.Module,
-    x: torch.Tensor,
-    T: int,
-    batch_size: int | None = None,
-    seed: int | None = None,
-) -> torch.Tensor:
-    """``T`` stochastic forward passes with dropout on (Gal & Ghahramani 2016).
-
-    Returns softmax probabilities of shape (T, N, K). ``batch_size`` splits
-    ``x`` into chunks to bound memory; ``seed`` makes the masks repeat
-    without touching the global random state.
-    """
-    if T < 1:
-        raise ValueError(f"T (number of MC samples) must be >= 1; got {T}")
-    dev = next((t.device for t in model.parameters()), x.device)
-    x = x.to(dev)
-    chunks = [x] if batch_size is None else list(torch.split(x, batch_size))
-    fork = torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []) if seed is not None else contextlib.nullcontext()
-    with fork, mc_dropout(model), torch.no_grad():
-        if seed is not None:
-            torch.manual_seed(mask_seed(seed))
-        out = [torch.cat([F.softmax(model(c), dim=-1) for c in chunks]) for _ in range(T)]
-    return torch.stack(out)
-
-
-def predictive_entropy(probs: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Entropy ``-sum_k p_k log p_k`` (nats) of predictive probabilities, e.g. ``mc_predict(...).mean(0)``."""
-    return -(probs * torch.log(probs.clamp_min(1e-12))).sum(dim)
-
-
-def mutual_information(probs: torch.Tensor) -> torch.Tensor:
-    """BALD mutual information from MC samples of shape (T, N, K), in nats.
-
-    ``H[mean_t p_t] - mean_t H[p_t]``: the part of the predictive entropy due
-    to disagreement between dropout masks (model uncertainty).
-    """
-    if probs.dim() != 3:
-        raise ValueError(f"expected MC probabilities of shape (T, N, K); got {tuple(probs.shape)}")
-    return predictive_entropy(probs.mean(0)) - predictive_entropy(probs).mean(0)
-
-
-# --------------------------------------------------------------------------- Eq. 6
-
-
-def expected_output_variance(var_x, mean_x, p):  # noqa: ANN001,ANN201 (float, array or tensor)
-    """Train-mode variance of inverted dropout's output, Kim et al. Eq. 6 with ``q = 1 - p``:
-
-        Var[Dropout_train(x)] = Var[x] / q + (1 - q) / q * E[x]**2
-
-    At evaluation the variance is ``Var[x]``. Works on floats, arrays and tensors.
-    """
-    check_p(p)
-    q = 1.0 - p
-    return var_x / q + (1.0 - q) / q * mean_x**2
-
-
-__all__ = [
-    "SCALINGS",
-    "DROPOUT_TYPES",
-    "check_p",
-    "mask",
-    "dropout",
-    "Dropout",
-    "SpatialDropout",
-    "is_dropout",
-    "dropout_modules",
-    "enable_dropout",
-    "set_dropout",
-    "keep_modes",
-    "mc_dropout",
-    "mask_seed",
-    "mc_predict",
-    "predictive_entropy",
-    "mutual_information",
-    "expected_output_variance",
-]
-
-
-# --------------------------------------------------------------------------- chapter 1 support
-
-
-def replace_dropout(model: nn.Module, scaling: Scaling = "inverted") -> int:
-    """Replace every :class:`torch.nn.Dropout` inside ``model`` by this module's :class:`Dropout`.
-
-    The new layers keep the rate ``p`` and use ``scaling`` (``"inverted"``,
-    ``"classic"`` or ``"none"``), so a model from :mod:`droplab.models` can be
-    trained with the classic rule, or with the bug of forgetting the scaling
-    (chapter 1). Works in place (and on ``model`` itself if it is an
-    ``nn.Dropout``: then the count is 0, wrap it in a container first);
-    returns the number of layers replaced.
-    """
-    _check_scaling(scaling)
-    count = 0
-    for parent in model.modules():
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Dropout:
-                new = Dropout(child.p, scaling)
-                new.train(child.training)
-                setattr(parent, name, new)
-                count += 1
-    return count
-
-
-def set_scaling(model: nn.Module, scaling: Scaling) -> int:
-    """Set the scaling rule of every :class:`Dropout` inside ``model``; return how many were set.
-
-    Switching a model trained with ``"none"`` (the forgotten scaling) to
-    ``"classic"`` for evaluation is the repair: it multiplies by ``q`` at test time.
-    """
-    _check_scaling(scaling)
-    layers = [m for m in model.modules() if isinstance(m, Dropout)]
-    for m in layers:
-        m.scaling = scaling
-    return len(layers)
-
-
-def mc_outputs(model: nn.Module, x: torch.Tensor, T: int, seed: int | None = None) -> torch.Tensor:
-    """``T`` raw outputs (logits) of ``model`` on ``x`` with only its dropout layers on, shape (T, N, K).
-
-    Like :func:`mc_predict` without the softmax: the MC average of the logits
-    is what weight scaling approximates (Srivastava et al. 2014, Section 7.5).
-    ``seed`` fixes the masks without touching the global random state.
-    """
-    if T < 1:
-        raise ValueError(f"T (number of MC samples) must be >= 1; got {T}")
-    dev = next((t.device for t in model.parameters()), x.device)
-    x = x.to(dev)
-    fork = torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []) if seed is not None else contextlib.nullcontext()
-    with fork, mc_dropout(model), torch.no_grad():
-        if seed is not None:
-            torch.manual_seed(mask_seed(seed))
-        return torch.stack([model(x) for _ in range(T)])
-
-
-def mc_predict_train_mode(
-    model: nn.Module,
-    x: torch.Tensor,
-    T: int,
-    batch_size: int | None = None,
-    seed: int | None = None,
-) -> torch.Tensor:
-    """The BN trap, for demonstration: MC dropout done with ``model.train()``.
-
-    Same output as :func:`mc_predict` (softmax probabilities, (T, N, K)), but
-    every module is in train mode, so batch normalization normalizes each
-    chunk of ``batch_size`` inputs with that chunk's own statistics (the
-    prediction for one image depends on its batch companions) and updates its
-    running statistics as a side effect. The running statistics and modes are
-    restored afterwards, so the demonstration leaves the model as it was; real
-    code that calls ``model.train()`` does not. Use :func:`mc_predict`.
-    """
-    if T < 1:
-        raise ValueError(f"T (number of MC samples) must be >= 1; got {T}")
-    dev = next((t.device for t in model.parameters()), x.device)
-    x = x.to(dev)
-    chunks = [x] if batch_size is None else list(torch.split(x, batch_size))
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    fork = torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []) if seed is not None else contextlib.nullcontext()
-    try:
-        with fork, keep_modes(model), torch.no_grad():
-            model.train()
-            if seed is not None:
-                torch.manual_seed(mask_seed(seed))
-            out = [torch.cat([F.softmax(model(c), dim=-1) for c in chunks]) for _ in range(T)]
-    finally:
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
-    return torch.stack(out)
-
-
-def neighbour_recovery(
-    features: torch.Tensor,
-    p: float,
-    spatial: bool = False,
-    generator: torch.Generator | None = None,
-) -> dict[str, float]:
-    """How much of what dropout removes from a feature map can be read back from the neighbours.
-
-    Drops elements of ``features`` (N, C, H, W) with probability ``p``: one
-    coin per element (``spatial=False``, ``nn.Dropout``) or one per channel
-    (``spatial=True``, ``nn.Dropout2d``, Tompson et al. 2015). Each dropped
-    element is then predicted from the average of its *kept* 4-neighbours in
-    the same channel and sample, by a per-channel least-squares line; an
-    element with no kept neighbour (always the case for spatial dropout) is
-    predicted by its channel's mean. Returns, as fractions of the total
-    variance of ``features`` around the channel means:
-
-    - ``"dropped"``: the variance in the dropped elements (about ``p``);
-    - ``"unrecoverable"``: the squared error left after the prediction, i.e.
-      the information the next layer cannot read back from the same channel;
-    - ``"recovered"``: ``1 - unrecoverable / dropped``, the R^2 of the prediction.
-
-    For spatial dropout ``unrecoverable`` equals ``dropped``; for element
-    dropout on spatially correlated maps it is much smaller.
-    """
-    check_p(p)
-    if features.dim() != 4:
-        raise ValueError(f"features must be (N, C, H, W); got shape {tuple(features.shape)}")
-    x = features.detach().to(torch.float64).cpu()
-    N, C, H, W = x.shape
-    shape = (N, C, 1, 1) if spatial else (N, C, H, W)
-    m = mask(shape, p, generator=generator, dtype=torch.float64).expand(N, C, H, W).contiguous()
-    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
-    kernel = kernel.view(1, 1, 3, 3).repeat(C, 1, 1, 1)
-    total = F.conv2d(x * m, kernel, padding=1, groups=C)
-    count = F.conv2d(m, kernel, padding=1, groups=C)
-    mu = x.mean((0, 2, 3), keepdim=True)
-    dropped = m == 0
-    usable = (dropped & (count > 0)).to(torch.float64)
-    a = torch.where(count > 0, total / count.clamp_min(1.0), mu.expand_as(x))
-    # per-channel least squares y = ym + b (a - am) over the usable elements
-    n_c = usable.sum((0, 2, 3), keepdim=True)
-    safe = n_c.clamp_min(1.0)
-    am = (a * usable).sum((0, 2, 3), keepdim=True) / safe
-    ym = (x * usable).sum((0, 2, 3), keepdim=True) / safe
-    cov = ((a - am) * (x - ym) * usable).sum((0, 2, 3), keepdim=True)
-    var = ((a - am) ** 2 * usable).sum((0, 2, 3), keepdim=True)
-    b = torch.where(var > 0, cov / var.clamp_min(1e-300), torch.zeros_like(var))
-    fitted = torch.where((usable > 0) & (n_c >= 3), ym + b * (a - am), mu.expand_as(x))
-    sst = ((x - mu) ** 2).sum()
-    lost = ((x - mu) ** 2 * dropped).sum()
-    sse = ((x - fitted) ** 2 * dropped).sum()
-    return {
-        "dropped": (lost / sst).item(),
-        "unrecoverable": (sse / sst).item(),
-        "recovered": (1.0 - sse / lost).item() if lost > 0 else 0.0,
-    }
-
-
-__all__ += ["replace_dropout", "set_scaling", "mc_outputs", "mc_predict_train_mode", "neighbour_recovery"]
-
-
-# --------------------------------------------------------------------------- chapter 2 support
-
-
 class UniformDropout(nn.Module):
-    """Li et al.'s (CVPR 2019) uniform-noise variant of dropout ("Uout"), in the form used by the book.
+    """Li et al.'s (CVPR 2019) uniform-noise variant of dropout ("Uout"), in the form used by the book (chapter 2).
 
     Training: ``x * (1 + r)`` with ``r ~ U(-beta, beta)`` drawn independently
     for every element; evaluation: ``x``. The mean is kept (``E[r] = 0``) and
@@ -508,21 +208,6 @@ class UniformDropout(nn.Module):
         return f"beta={self.beta}"
 
 
-# is_dropout / set_dropout / keep_modes treat the uniform variant as a dropout layer too
-DROPOUT_TYPES = DROPOUT_TYPES + (UniformDropout,)
-
-
-def uniform_dropout_variance(var_x, mean_x, beta):  # noqa: ANN001,ANN201 (float, array or tensor)
-    """Train-mode variance of :class:`UniformDropout`'s output:
-
-        Var[x (1 + r)] = Var[x] + beta**2 / 3 * (Var[x] + E[x]**2)
-
-    the same form as dropout's Eq. 6 of Kim et al. written as
-    ``Var[x] + (p / q) (Var[x] + E[x]**2)``: only the noise variance differs.
-    """
-    return var_x + beta**2 / 3.0 * (var_x + mean_x**2)
-
-
 def matched_beta(p: float) -> float:
     """The ``beta`` whose uniform noise has the variance of dropout's: ``beta**2 / 3 = p / q``.
 
@@ -536,24 +221,267 @@ def matched_beta(p: float) -> float:
     return beta
 
 
-def swap_dropout(model: nn.Module, make) -> int:  # noqa: ANN001 (make: Callable[[nn.Module], nn.Module])
-    """Replace every dropout layer inside ``model`` (see :func:`is_dropout`) by ``make(old_layer)``.
+# --------------------------------------------------------------------------- Eq. 6
 
-    In place; the new layer takes the old one's train/eval mode. Returns the
-    number of layers replaced. Example (chapter 2): the dropout layers of a
-    CNN become uniform noise of matched strength::
 
-        swap_dropout(net, lambda old: UniformDropout(matched_beta(old.p)))
+def expected_output_variance(var_x, mean_x, p):  # noqa: ANN001,ANN201 (float, array or tensor)
+    """Train-mode variance of inverted dropout's output, Kim et al. Eq. 6 with ``q = 1 - p``:
+
+        Var[Dropout_train(x)] = Var[x] / q + (1 - q) / q * E[x]**2
+
+    At evaluation the variance is ``Var[x]``. Works on floats, arrays and tensors.
     """
-    count = 0
-    for parent in model.modules():
-        for name, child in list(parent.named_children()):
-            if is_dropout(child):
-                new = make(child)
-                new.train(child.training)
-                setattr(parent, name, new)
-                count += 1
-    return count
+    check_p(p)
+    q = 1.0 - p
+    return var_x / q + (1.0 - q) / q * mean_x**2
 
 
-__all__ += ["UniformDropout", "uniform_dropout_variance", "matched_beta", "swap_dropout"]
+def uniform_dropout_variance(var_x, mean_x, beta):  # noqa: ANN001,ANN201 (float, array or tensor)
+    """Train-mode variance of :class:`UniformDropout`'s output:
+
+        Var[x (1 + r)] = Var[x] + beta**2 / 3 * (Var[x] + E[x]**2)
+
+    the same form as dropout's Eq. 6 of Kim et al. written as
+    ``Var[x] + (p / q) (Var[x] + E[x]**2)``: only the noise variance differs.
+    """
+    return var_x + beta**2 / 3.0 * (var_x + mean_x**2)
+
+
+# --------------------------------------------------------------------------- which layers are dropout
+
+
+DROPOUT_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+    Dropout,
+    SpatialDropout,
+    UniformDropout,
+)
+
+
+def is_dropout(module: nn.Module) -> bool:
+    """True for PyTorch's dropout layers and this module's :class:`Dropout`, :class:`SpatialDropout`
+    and :class:`UniformDropout`: the one test of "is this a dropout layer?" in droplab."""
+    return isinstance(module, DROPOUT_TYPES)
+
+
+def dropout_modules(model: nn.Module) -> list[nn.Module]:
+    """All dropout layers inside ``model`` (including ``model`` itself)."""
+    return [m for m in model.modules() if is_dropout(m)]
+
+
+def enable_dropout(model: nn.Module) -> list[nn.Module]:
+    """Switch ONLY the dropout layers of ``model`` to train mode; return them.
+
+    Everything else keeps its mode. Calling ``model.train()`` for MC dropout
+    is the BN trap: batch normalization would switch to batch statistics too.
+    """
+    layers = dropout_modules(model)
+    for m in layers:
+        m.train()
+    return layers
+
+
+def set_dropout(model: nn.Module, active: bool) -> None:
+    """Put only the dropout layers of ``model`` in train (``active``) or eval mode."""
+    for m in dropout_modules(model):
+        m.train(active)
+
+
+# --------------------------------------------------------------------------- leaving a model as it was
+
+
+@contextlib.contextmanager
+def keep_modes(model: nn.Module) -> Iterator[nn.Module]:
+    """Context manager: restore the train/eval mode of every submodule on exit."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+@contextlib.contextmanager
+def saved_buffers(model: nn.Module) -> Iterator[nn.Module]:
+    """Context manager: restore every buffer of ``model`` (BN running statistics and counts) on exit."""
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for b, value in saved:
+                b.copy_(value)
+
+
+def mask_seed(seed: int) -> int:
+    """The seed of the dropout-mask stream derived from ``seed``.
+
+    Masks must not come from the same stream as the data: ``torch.manual_seed(0)``
+    before drawing the inputs and again before drawing the masks makes the
+    masks correlated with the inputs (a real pitfall: Delta of dropout alone
+    came out 0.59 instead of 0.44). Mixing the seed avoids it.
+    """
+    return (seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % (2**63)
+
+
+@contextlib.contextmanager
+def seeded_masks(seed: int | None, device: torch.device | str | None = None) -> Iterator[None]:
+    """Context manager: inside, the global generator (of the CPU, and of ``device`` if it is a
+    GPU) is seeded with :func:`mask_seed` of ``seed``; on exit its state is what it was.
+
+    The one way droplab draws reproducible dropout masks without touching the
+    caller's random state. ``seed=None`` does nothing: masks come from the
+    global generator as it is.
+    """
+    if seed is None:
+        yield
+        return
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(mask_seed(seed))
+        yield
+
+
+# --------------------------------------------------------------------------- MC dropout
+
+
+@contextlib.contextmanager
+def mc_dropout(model: nn.Module) -> Iterator[nn.Module]:
+    """Context manager for MC dropout (Gal & Ghahramani 2016).
+
+    Inside: the model is in eval mode (BN uses its running statistics) except
+    for the dropout layers, which sample masks. On exit every submodule is
+    back in the mode it had.
+    """
+    with keep_modes(model):
+        model.eval()
+        enable_dropout(model)
+        yield model
+
+
+@contextlib.contextmanager
+def _all_in_train_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model.train()`` (the BN trap), with modes and buffers given back on exit."""
+    with keep_modes(model), saved_buffers(model):
+        model.train()
+        yield model
+
+
+BNStatistics = Literal["running", "batch"]
+
+
+def mc_samples(
+    model: nn.Module,
+    x: torch.Tensor,
+    T: int,
+    *,
+    batch_size: int | None = None,
+    seed: int | None = None,
+    softmax: bool = True,
+    bn: BNStatistics = "running",
+) -> torch.Tensor:
+    """``T`` stochastic forward passes of ``model`` on ``x`` with dropout sampling masks, shape (T, N, K).
+
+    The one MC loop of droplab (Gal & Ghahramani 2016). ``softmax`` returns
+    probabilities, else the raw outputs (logits). ``bn="running"`` is MC
+    dropout done right (:func:`mc_dropout`: only the dropout layers in train
+    mode); ``bn="batch"`` is the BN trap, every module in train mode, so BN
+    normalizes each chunk with its own statistics (the modes and buffers are
+    given back afterwards). ``batch_size`` splits ``x`` into chunks to bound
+    memory; ``seed`` makes the masks repeat (:func:`seeded_masks`) without
+    touching the global random state. No gradients.
+    """
+    if T < 1:
+        raise ValueError(f"T (number of MC samples) must be >= 1; got {T}")
+    if bn not in ("running", "batch"):
+        raise ValueError(f"bn must be 'running' (MC dropout) or 'batch' (every module in train mode); got {bn!r}")
+    dev = next((t.device for t in model.parameters()), x.device)
+    x = x.to(dev)
+    chunks = [x] if batch_size is None else list(torch.split(x, batch_size))
+    modes = mc_dropout(model) if bn == "running" else _all_in_train_mode(model)
+    with seeded_masks(seed, dev), modes, torch.no_grad():
+        out = [torch.cat([F.softmax(model(c), dim=-1) if softmax else model(c) for c in chunks]) for _ in range(T)]
+    return torch.stack(out)
+
+
+def mc_predict(model: nn.Module, x: torch.Tensor, T: int, batch_size: int | None = None,
+               seed: int | None = None) -> torch.Tensor:
+    """``T`` stochastic forward passes with dropout on (Gal & Ghahramani 2016): softmax
+    probabilities of shape (T, N, K). :func:`mc_samples` with its defaults."""
+    return mc_samples(model, x, T, batch_size=batch_size, seed=seed)
+
+
+def mc_outputs(model: nn.Module, x: torch.Tensor, T: int, seed: int | None = None) -> torch.Tensor:
+    """``T`` raw outputs (logits) of ``model`` on ``x`` with only its dropout layers on, shape (T, N, K).
+
+    Like :func:`mc_predict` without the softmax: the MC average of the logits
+    is what weight scaling approximates (Srivastava et al. 2014, Section 7.5).
+    """
+    return mc_samples(model, x, T, seed=seed, softmax=False)
+
+
+def mc_predict_train_mode(model: nn.Module, x: torch.Tensor, T: int, batch_size: int | None = None,
+                          seed: int | None = None) -> torch.Tensor:
+    """The BN trap, for demonstration: MC dropout done with ``model.train()`` (chapter 1).
+
+    Same output as :func:`mc_predict` (softmax probabilities, (T, N, K)), but
+    every module is in train mode, so batch normalization normalizes each
+    chunk of ``batch_size`` inputs with that chunk's own statistics (the
+    prediction for one image depends on its batch companions) and updates its
+    running statistics as a side effect. The running statistics and modes are
+    restored afterwards, so the demonstration leaves the model as it was; real
+    code that calls ``model.train()`` does not. Use :func:`mc_predict`.
+    """
+    return mc_samples(model, x, T, batch_size=batch_size, seed=seed, bn="batch")
+
+
+def predictive_entropy(probs: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Entropy ``-sum_k p_k log p_k`` (nats) of predictive probabilities, e.g. ``mc_predict(...).mean(0)``."""
+    return -(probs * torch.log(probs.clamp_min(1e-12))).sum(dim)
+
+
+def mutual_information(probs: torch.Tensor) -> torch.Tensor:
+    """BALD mutual information from MC samples of shape (T, N, K), in nats.
+
+    ``H[mean_t p_t] - mean_t H[p_t]``: the part of the predictive entropy due
+    to disagreement between dropout masks (model uncertainty).
+    """
+    if probs.dim() != 3:
+        raise ValueError(f"expected MC probabilities of shape (T, N, K); got {tuple(probs.shape)}")
+    return predictive_entropy(probs.mean(0)) - predictive_entropy(probs).mean(0)
+
+
+__all__ = [
+    "SCALINGS",
+    "DROPOUT_TYPES",
+    "check_p",
+    "check_scaling",
+    "mask",
+    "dropout",
+    "Dropout",
+    "SpatialDropout",
+    "UniformDropout",
+    "matched_beta",
+    "expected_output_variance",
+    "uniform_dropout_variance",
+    "is_dropout",
+    "dropout_modules",
+    "enable_dropout",
+    "set_dropout",
+    "keep_modes",
+    "saved_buffers",
+    "mask_seed",
+    "seeded_masks",
+    "mc_dropout",
+    "mc_samples",
+    "mc_predict",
+    "mc_outputs",
+    "mc_predict_train_mode",
+    "predictive_entropy",
+    "mutual_information",
+]

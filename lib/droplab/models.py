@@ -7,56 +7,41 @@ execution order, so ``print(model)`` shows where dropout sits::
 
     PreResNet(20, dropout_at="P6", head_dropout_at="H4")   # Guidelines 1 and 2
 
-Positions in a residual block (``POSITIONS`` holds the same table)
--------------------------------------------------------------------
+Positions
+---------
 
-=====  ==========================  =================================  ===========================
-name   PreResNet basic             PreResNet bottleneck               ResNetV1 (basic)
-=====  ==========================  =================================  ===========================
-P0     block input, before the split into shortcut and branch (the shortcut sees the dropped input too)
-P1     start of branch, before BN1  start of branch, before BN1       start of branch, before Conv1
-P2     after BN1                   after BN1                          after Conv1, before BN1
-P3     after the first ReLU        after the first ReLU               after BN1
-P4     after Conv1, before BN2     after Conv2, before BN3            after the ReLU, before Conv2
-P5     after BN2                   after BN3                          after Conv2, before BN2
-P6     after the second ReLU,      after the third ReLU,              after BN2: the end of the
-       before Conv2                before Conv3                       branch, before the addition
-P7     after Conv2, before the     after Conv3, before the addition   (none: P6 already ends the
-       addition                                                       branch)
-=====  ==========================  =================================  ===========================
-
-The rule behind the mapping: P1-P3 sit around the *first* BN-ReLU of the
-branch, P4-P6 around the *last* BN-ReLU, P7 after the last weight layer.
-The middle BN-ReLU-Conv stage of a bottleneck has no name. With this mapping
-Guideline 1 ("one dropout after the last BN, before the last weight layer of
-the residual branch"; for ResNetV1 "at the end of the branch", Kim et al.
-Section 3.1) is ``P6`` in all three architectures (``GUIDELINE_1``).
-
-Positions in the head
----------------------
+:data:`POSITIONS` is the table of P0-P7, one column per architecture
+(PreResNet basic, PreResNet bottleneck, ResNetV1; chapter 3 prints it): P1-P3
+sit around the *first* BN-ReLU of the branch, P4-P6 around the *last*, P7
+after the last weight layer, so Guideline 1 ("after the last BN, before the
+last weight layer of the residual branch"; for ResNetV1 "at the end of the
+branch", Kim et al. Section 3.1) is ``P6`` in all three (``GUIDELINE_1``).
+The head (:data:`HEAD_POSITIONS`) is
 
 ``features -> [H1 Conv1x1 H2 BN H3 ReLU] H4 -> GAP -> Flatten -> H5 FC H6 -> [softmax H7]``
 
-The bracketed head conv (as in MobileNetV2/EfficientNet heads) is built when
-H1, H2 or H3 is asked for, or with ``head_conv=True``. In a PreResNet the
-trunk ends with its own final BN-ReLU (pre-activation blocks leave their
-output un-normalised), which belongs to the trunk (``model.final``), so H4 is
-always "after the last activation, before GAP" (Guideline 2). With H7 the
-model ends in softmax followed by dropout and returns *probabilities*; it says
-so with ``model.outputs_probabilities = True`` and ``droplab.train.criterion``
-takes the negative log of those probabilities instead of cross-entropy on logits.
+with the bracketed head conv built for H1-H3 or ``head_conv=True``. A
+PreResNet's trunk ends with its own final BN-ReLU, so H4 is always "after the
+last activation, before GAP" (Guideline 2). With H7 the model returns
+*probabilities* and says so (``model.outputs_probabilities``), and
+``droplab.train.criterion`` takes their negative log.
 
 The library follows PyTorch: ``p`` is the probability of *dropping* a unit
 (Kim et al. write p for the keep probability, q = 1 - p in the book).
+The fully connected blocks at the end are those of the module tests
+(:mod:`droplab.inconsistency`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Callable, Sequence, Union
 
 import torch
 from torch import nn
+
+from droplab.dropout import Dropout, check_p
 
 POSITION_NAMES: tuple[str, ...] = tuple(f"P{i}" for i in range(8))
 HEAD_POSITION_NAMES: tuple[str, ...] = tuple(f"H{i}" for i in range(1, 8))
@@ -110,17 +95,10 @@ GUIDELINE_2: str = "H4"
 Slot = Union[str, nn.Module]
 
 
-# ----------------------------------------------------------------------------
-# Checking arguments and filling position slots
-# ----------------------------------------------------------------------------
+# -------- Checking arguments and filling position slots -------------------------------
 
-def _check_p(p: float, what: str = "p") -> float:
-    if not isinstance(p, (int, float)) or not 0.0 <= float(p) < 1.0:
-        raise ValueError(f"{what} is the probability of dropping a unit and must be in [0, 1), got {p!r}")
-    return float(p)
-
-
-def _check_position(at: str | None, valid: Sequence[str], where: str) -> str | None:
+def check_position(at: str | None, valid: Sequence[str], where: str) -> str | None:
+    """Return ``at`` if it is None or one of ``valid``, else raise a ValueError that lists them."""
     if at is not None and at not in valid:
         raise ValueError(f"unknown dropout position {at!r} for {where}; valid positions are "
                          f"{', '.join(valid)} (or None for no dropout)")
@@ -137,10 +115,11 @@ def _check_depth(depth: int, block: str) -> int:
     return (depth - 2) // per
 
 
-def with_dropout(slots: Sequence[Slot], at: str | None, p: float) -> nn.Sequential:
-    """An ``nn.Sequential`` of the modules in ``slots``, with ``nn.Dropout(p)`` at every
-    slot whose name equals ``at``; the other names are dropped from the sequence."""
-    return nn.Sequential(*[nn.Dropout(p) if s == at else s for s in slots
+def with_dropout(slots: Sequence[Slot], at: str | None, p: float,
+                 layer: Callable[[float], nn.Module] = nn.Dropout) -> nn.Sequential:
+    """An ``nn.Sequential`` of the modules in ``slots``, with ``layer(p)`` (``nn.Dropout(p)``) at
+    every slot whose name equals ``at``; the other names are dropped from the sequence."""
+    return nn.Sequential(*[layer(p) if s == at else s for s in slots
                            if isinstance(s, nn.Module) or s == at])
 
 
@@ -152,27 +131,32 @@ def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
 
 
-# ----------------------------------------------------------------------------
-# Residual blocks (Kim et al. Figure 2)
-# ----------------------------------------------------------------------------
+# -------- Residual blocks (Kim et al. Figure 2) ---------------------------------------
 
 class ResidualBlock(nn.Module):
-    """``out = post(branch(pre(x)) + shortcut(pre(x)))``.
+    """``out = post(branch(pre(x)) + shortcut(pre(x)))``: the one residual block of droplab.
 
     ``pre`` is dropout at P0 (else identity), so the shortcut sees the dropped
-    input too; ``post`` is the ReLU after the addition in ResNetV1 (else identity).
+    input too; ``shortcut`` is the identity or a projection; ``post`` is the
+    ReLU after the addition in ResNetV1 (else identity). The convolutional
+    blocks below and the fully connected :func:`mlp_block` are all this class.
     """
 
-    def __init__(self, branch: nn.Sequential, shortcut: nn.Module, pre: nn.Module, post: nn.Module):
+    def __init__(self, branch: nn.Module, shortcut: nn.Module | None = None, pre: nn.Module | None = None,
+                 post: nn.Module | None = None):
         super().__init__()
-        self.pre = pre
+        self.pre = pre if pre is not None else nn.Identity()
         self.branch = branch
-        self.shortcut = shortcut
-        self.post = post
+        self.shortcut = shortcut if shortcut is not None else nn.Identity()
+        self.post = post if post is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pre(x)
         return self.post(self.branch(x) + self.shortcut(x))
+
+
+def _p0(at: str | None, p: float) -> nn.Module | None:  # the dropout on the block input, at P0
+    return nn.Dropout(p) if at == "P0" else None
 
 
 def preact_basic_block(cin: int, cout: int, stride: int, at: str | None, p: float) -> ResidualBlock:
@@ -181,8 +165,8 @@ def preact_basic_block(cin: int, cout: int, stride: int, at: str | None, p: floa
         "P1", nn.BatchNorm2d(cin), "P2", nn.ReLU(), "P3", conv3x3(cin, cout, stride), "P4",
         nn.BatchNorm2d(cout), "P5", nn.ReLU(), "P6", conv3x3(cout, cout), "P7",
     ], at, p)
-    shortcut = conv1x1(cin, cout, stride) if (stride != 1 or cin != cout) else nn.Identity()
-    return ResidualBlock(branch, shortcut, nn.Dropout(p) if at == "P0" else nn.Identity(), nn.Identity())
+    shortcut = conv1x1(cin, cout, stride) if (stride != 1 or cin != cout) else None
+    return ResidualBlock(branch, shortcut, pre=_p0(at, p))
 
 
 def preact_bottleneck_block(cin: int, mid: int, stride: int, at: str | None, p: float) -> ResidualBlock:
@@ -193,8 +177,8 @@ def preact_bottleneck_block(cin: int, mid: int, stride: int, at: str | None, p: 
         nn.BatchNorm2d(mid), nn.ReLU(), conv3x3(mid, mid, stride), "P4",
         nn.BatchNorm2d(mid), "P5", nn.ReLU(), "P6", conv1x1(mid, cout), "P7",
     ], at, p)
-    shortcut = conv1x1(cin, cout, stride) if (stride != 1 or cin != cout) else nn.Identity()
-    return ResidualBlock(branch, shortcut, nn.Dropout(p) if at == "P0" else nn.Identity(), nn.Identity())
+    shortcut = conv1x1(cin, cout, stride) if (stride != 1 or cin != cout) else None
+    return ResidualBlock(branch, shortcut, pre=_p0(at, p))
 
 
 def v1_basic_block(cin: int, cout: int, stride: int, at: str | None, p: float) -> ResidualBlock:
@@ -204,13 +188,11 @@ def v1_basic_block(cin: int, cout: int, stride: int, at: str | None, p: float) -
         conv3x3(cout, cout), "P5", nn.BatchNorm2d(cout), "P6",
     ], at, p)
     shortcut = (nn.Sequential(conv1x1(cin, cout, stride), nn.BatchNorm2d(cout))
-                if (stride != 1 or cin != cout) else nn.Identity())
-    return ResidualBlock(branch, shortcut, nn.Dropout(p) if at == "P0" else nn.Identity(), nn.ReLU())
+                if (stride != 1 or cin != cout) else None)
+    return ResidualBlock(branch, shortcut, pre=_p0(at, p), post=nn.ReLU())
 
 
-# ----------------------------------------------------------------------------
-# The head (Kim et al. Figure 4)
-# ----------------------------------------------------------------------------
+# -------- The head (Kim et al. Figure 4) ----------------------------------------------
 
 def make_head(channels: int, num_classes: int, at: str | None = None, p: float = 0.1,
               conv: bool = False) -> nn.Sequential:
@@ -219,8 +201,8 @@ def make_head(channels: int, num_classes: int, at: str | None = None, p: float =
     The head conv (channels -> channels) is built when ``conv`` or when ``at``
     is H1-H3; the softmax only when ``at`` is H7 (the model then returns probabilities).
     """
-    _check_position(at, HEAD_POSITION_NAMES, "the head")
-    _check_p(p, "head_p")
+    check_position(at, HEAD_POSITION_NAMES, "the head")
+    check_p(p, "head_p")
     slots: list[Slot] = []
     if conv or at in ("H1", "H2", "H3"):
         slots += ["H1", conv1x1(channels, channels), "H2", nn.BatchNorm2d(channels), "H3", nn.ReLU()]
@@ -241,7 +223,7 @@ def _init(model: nn.Module) -> None:
 
 
 class _Network(nn.Module):
-    """stem -> stages -> final -> head; ``model.features`` is stem, stages and final."""
+    """features -> head; ``model.features`` is stem, stages and final, ``model.head`` the head."""
 
     outputs_probabilities: bool = False
 
@@ -249,52 +231,41 @@ class _Network(nn.Module):
         return self.head(self.features(x))
 
 
-# ----------------------------------------------------------------------------
-# The residual networks
-# ----------------------------------------------------------------------------
+# -------- The residual networks -------------------------------------------------------
 
-class PreResNet(_Network):
-    """Pre-activation ResNet for 28x28 and 32x32 inputs (He et al. 2016b).
+def _stages(width: int, n: int, make: Callable[[int, int, int], nn.Module], expansion: int = 1,
+            ) -> tuple[list[nn.Module], int]:
+    """Three stages of ``n`` blocks ``make(cin, planes, stride)``, planes ``width, 2 width, 4 width``
+    (times ``expansion`` at a block's output), stride 2 at the start of stages 2 and 3.
+    Returns the blocks and the channels of the last one."""
+    blocks: list[nn.Module] = []
+    cin = width
+    for stage in range(3):
+        planes = width * 2**stage
+        for i in range(n):
+            blocks.append(make(cin, planes, 2 if (stage > 0 and i == 0) else 1))
+            cin = expansion * planes
+    return blocks, cin
 
-    Three stages of widths ``width, 2*width, 4*width`` (times 4 at the output
-    of a bottleneck), stride 2 at the start of stages 2 and 3, a 1x1 conv
-    projection on the shortcut where the shape changes, a 3x3 stem conv and a
-    final BN-ReLU. ``depth`` is 6n+2 for basic blocks, 9n+2 for bottlenecks.
 
-    ``dropout_at`` (P0-P7, Kim et al. Figure 2) puts ``nn.Dropout(p)`` at that
-    position in *every* block; ``head_dropout_at`` (H1-H7, Figure 4) one in the
-    head with ``head_p`` (default ``p``). See the module docstring for the table.
-    """
+class _ResNet(_Network):
+    """What :class:`PreResNet` and :class:`ResNetV1` share: the argument checks, the head, the init."""
 
-    def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3, width: int = 16,
-                 block: str = "basic", dropout_at: str | None = None, head_dropout_at: str | None = None,
-                 p: float = 0.1, head_p: float | None = None, head_conv: bool = False):
-        super().__init__()
-        if block not in BLOCKS:
-            raise ValueError(f"unknown block type {block!r}; valid block types are {', '.join(BLOCKS)}")
+    def _check(self, depth: int, block: str, dropout_at: str | None, positions: Sequence[str], where: str,
+               head_dropout_at: str | None, p: float, head_p: float | None) -> tuple[int, float, float]:
+        """Check the arguments, remember the names; return blocks per stage, ``p`` and ``head_p``."""
         n = _check_depth(depth, block)
-        _check_position(dropout_at, POSITION_NAMES, f"a PreResNet {block} block")
-        p = _check_p(p)
-        head_p = p if head_p is None else _check_p(head_p, "head_p")
+        check_position(dropout_at, positions, where)
+        p = float(check_p(p))
+        head_p = p if head_p is None else float(check_p(head_p, "head_p"))
         self.depth, self.block, self.dropout_at, self.head_dropout_at = depth, block, dropout_at, head_dropout_at
-        blocks: list[nn.Module] = []
-        cin = width
-        for stage in range(3):
-            planes = width * 2**stage
-            for i in range(n):
-                stride = 2 if (stage > 0 and i == 0) else 1
-                if block == "basic":
-                    blocks.append(preact_basic_block(cin, planes, stride, dropout_at, p))
-                    cin = planes
-                else:
-                    blocks.append(preact_bottleneck_block(cin, planes, stride, dropout_at, p))
-                    cin = 4 * planes
-        self.features = nn.Sequential(
-            conv3x3(in_channels, width),                        # stem
-            *blocks,
-            nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU()),      # final BN-ReLU of the trunk
-        )
-        self.head = make_head(cin, num_classes, head_dropout_at, head_p, head_conv)
+        return n, p, head_p
+
+    def _finish(self, features: nn.Sequential, channels: int, num_classes: int, head_dropout_at: str | None,
+                head_p: float, head_conv: bool) -> None:
+        """Attach the trunk and the head (Kim et al. Figure 4), then initialise every weight."""
+        self.features = features
+        self.head = make_head(channels, num_classes, head_dropout_at, head_p, head_conv)
         self.outputs_probabilities = head_dropout_at == "H7"
         _init(self)
 
@@ -304,7 +275,34 @@ class PreResNet(_Network):
         return [m for m in self.features if isinstance(m, ResidualBlock)]
 
 
-class ResNetV1(_Network):
+class PreResNet(_ResNet):
+    """Pre-activation ResNet for 28x28 and 32x32 inputs (He et al. 2016b): a 3x3 stem conv, three
+    stages of widths ``width, 2*width, 4*width`` (times 4 out of a bottleneck) with stride 2 and a 1x1
+    conv shortcut where they start, a final BN-ReLU. ``depth`` is 6n+2 (basic) or 9n+2 (bottleneck).
+
+    ``dropout_at`` (P0-P7, Kim et al. Figure 2) puts ``nn.Dropout(p)`` at that position in *every*
+    block; ``head_dropout_at`` (H1-H7, Figure 4) one in the head with ``head_p`` (default ``p``).
+    """
+
+    def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3, width: int = 16,
+                 block: str = "basic", dropout_at: str | None = None, head_dropout_at: str | None = None,
+                 p: float = 0.1, head_p: float | None = None, head_conv: bool = False):
+        super().__init__()
+        if block not in BLOCKS:
+            raise ValueError(f"unknown block type {block!r}; valid block types are {', '.join(BLOCKS)}")
+        n, p, head_p = self._check(depth, block, dropout_at, POSITION_NAMES, f"a PreResNet {block} block",
+                                   head_dropout_at, p, head_p)
+        make = preact_basic_block if block == "basic" else preact_bottleneck_block
+        blocks, cin = _stages(width, n, lambda c, planes, stride: make(c, planes, stride, dropout_at, p),
+                              expansion=1 if block == "basic" else 4)
+        self._finish(nn.Sequential(
+            conv3x3(in_channels, width),                        # stem
+            *blocks,
+            nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU()),      # final BN-ReLU of the trunk
+        ), cin, num_classes, head_dropout_at, head_p, head_conv)
+
+
+class ResNetV1(_ResNet):
     """The original, post-activation ResNet for 28x28 and 32x32 inputs (He et al. 2016a).
 
     Basic blocks ``ReLU([Conv-BN-ReLU-Conv-BN] + shortcut)``, depth 6n+2, a
@@ -318,29 +316,13 @@ class ResNetV1(_Network):
                  dropout_at: str | None = None, head_dropout_at: str | None = None,
                  p: float = 0.1, head_p: float | None = None, head_conv: bool = False):
         super().__init__()
-        n = _check_depth(depth, "basic")
-        _check_position(dropout_at, tuple(POSITIONS["resnetv1"]), "a ResNetV1 block")
-        p = _check_p(p)
-        head_p = p if head_p is None else _check_p(head_p, "head_p")
-        self.depth, self.block, self.dropout_at, self.head_dropout_at = depth, "basic", dropout_at, head_dropout_at
-        blocks: list[nn.Module] = []
-        cin = width
-        for stage in range(3):
-            planes = width * 2**stage
-            for i in range(n):
-                blocks.append(v1_basic_block(cin, planes, 2 if (stage > 0 and i == 0) else 1, dropout_at, p))
-                cin = planes
-        self.features = nn.Sequential(
+        n, p, head_p = self._check(depth, "basic", dropout_at, tuple(POSITIONS["resnetv1"]), "a ResNetV1 block",
+                                   head_dropout_at, p, head_p)
+        blocks, cin = _stages(width, n, lambda c, planes, stride: v1_basic_block(c, planes, stride, dropout_at, p))
+        self._finish(nn.Sequential(
             nn.Sequential(conv3x3(in_channels, width), nn.BatchNorm2d(width), nn.ReLU()),  # stem
             *blocks,
-        )
-        self.head = make_head(cin, num_classes, head_dropout_at, head_p, head_conv)
-        self.outputs_probabilities = head_dropout_at == "H7"
-        _init(self)
-
-    @property
-    def blocks(self) -> list[ResidualBlock]:
-        return [m for m in self.features if isinstance(m, ResidualBlock)]
+        ), cin, num_classes, head_dropout_at, head_p, head_conv)
 
 
 ARCHS: tuple[str, ...] = ("preresnet", "resnetv1")
@@ -384,9 +366,7 @@ def build(cfg: NetConfig) -> nn.Module:
     raise ValueError(f"unknown arch {cfg.arch!r}; valid archs are {', '.join(ARCHS)}")
 
 
-# ----------------------------------------------------------------------------
-# Small non-residual networks for chapters 1-2
-# ----------------------------------------------------------------------------
+# -------- Small non-residual networks for chapters 1-2 --------------------------------
 
 PLAIN_POSITIONS: dict[str, str] = {
     "hidden": "after every hidden activation (Srivastava et al. 2014)",
@@ -408,8 +388,8 @@ class MLP(nn.Module):
     def __init__(self, in_features: int = 784, hidden: Sequence[int] = (256, 256), num_classes: int = 10,
                  p: float = 0.5, dropout_at: str | None = None, batch_norm: bool = False):
         super().__init__()
-        _check_position(dropout_at, tuple(PLAIN_POSITIONS), "an MLP")
-        p = _check_p(p)
+        check_position(dropout_at, tuple(PLAIN_POSITIONS), "an MLP")
+        p = float(check_p(p))
         if dropout_at == "before_bn" and not batch_norm:
             raise ValueError("dropout_at='before_bn' needs batch_norm=True (there is no BN to put it before)")
         slots: list[Slot] = [nn.Flatten()]
@@ -440,8 +420,8 @@ class CNN(_Network):
     def __init__(self, in_channels: int = 1, num_classes: int = 10, widths: Sequence[int] = (32, 64, 128),
                  convs_per_stage: int = 1, p: float = 0.1, dropout_at: str | None = None):
         super().__init__()
-        _check_position(dropout_at, ("before_bn", "after_last_bn"), "a CNN")
-        p = _check_p(p)
+        check_position(dropout_at, ("before_bn", "after_last_bn"), "a CNN")
+        p = float(check_p(p))
         slots: list[Slot] = []
         cin = in_channels
         for s, w in enumerate(widths):
@@ -457,128 +437,64 @@ class CNN(_Network):
         _init(self)
 
 
+# -------- Fully connected blocks for the module tests (chapters 2-3, droplab.inconsistency) ----
+
+def he_linear(n_in: int, n_out: int | None = None, mean: float = 0.0, generator: torch.Generator | None = None,
+              dtype: torch.dtype = torch.float64) -> nn.Linear:
+    """A bias-free linear layer with weights i.i.d. N(mean, 2/n_in) (He et al. 2015 when mean = 0)."""
+    n_out = n_in if n_out is None else n_out
+    layer = nn.Linear(n_in, n_out, bias=False, dtype=dtype)
+    with torch.no_grad():
+        w = torch.randn(n_out, n_in, generator=generator, dtype=dtype) * math.sqrt(2.0 / n_in) + mean
+        layer.weight.copy_(w)
+    return layer
+
+
+def mlp_branch(width: int, dropout_at: str | None = "P6", p: float = 0.5, mean_w: float = 0.0, gamma: float = 1.0,
+               generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64) -> nn.Sequential:
+    """The fully connected analogue of the PreResNet branch, in execution order::
+
+        [P1] BN1 [P2] ReLU [P3] W1 [P4] BN2 [P5] ReLU [P6] W2 [P7]
+
+    with one :class:`~droplab.dropout.Dropout` at ``dropout_at`` (P1-P7;
+    ``None`` or ``"P0"`` puts none in the branch). Weights N(mean_w, 2/n),
+    BN2's scale set to ``gamma`` (the gamma_l of Kim et al. Eqs. 12-19).
+    """
+    check_position(dropout_at, POSITION_NAMES, "a fully connected block")
+    check_p(p)
+    bn2 = nn.BatchNorm1d(width, dtype=dtype)
+    with torch.no_grad():
+        bn2.weight.fill_(gamma)
+    return with_dropout([
+        "P1", nn.BatchNorm1d(width, dtype=dtype), "P2", nn.ReLU(),
+        "P3", he_linear(width, mean=mean_w, generator=generator, dtype=dtype), "P4", bn2, "P5", nn.ReLU(),
+        "P6", he_linear(width, mean=mean_w, generator=generator, dtype=dtype), "P7",
+    ], dropout_at, p, layer=Dropout)
+
+
+def mlp_block(width: int, dropout_at: str | None = "P6", p: float = 0.5, residual: bool = True, mean_w: float = 0.0,
+              gamma: float = 1.0, generator: torch.Generator | None = None,
+              dtype: torch.dtype = torch.float64) -> nn.Module:
+    """A fully connected PreResNet block (``residual``) or its branch alone, dropout at ``dropout_at``.
+
+    P0 puts dropout on the block input, before the split into shortcut and
+    branch (for a non-residual block it is then dropout before BN1).
+    """
+    branch = mlp_branch(width, dropout_at, p, mean_w, gamma, generator, dtype)
+    if dropout_at == "P0":
+        return ResidualBlock(branch, pre=Dropout(p)) if residual else nn.Sequential(Dropout(p), *branch)
+    return ResidualBlock(branch) if residual else branch
+
+
 def num_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(t.numel() for t in model.parameters() if t.requires_grad)
 
 
-# ----------------------------------------------------------------------------
-# Chapter 4 support: moving the head's dropout on a trained network
-# ----------------------------------------------------------------------------
+def __getattr__(name: str):  # noqa: ANN202
+    """``models.with_head_dropout``: the name chapter 4 calls; it lives in :mod:`droplab.surgery`."""
+    if name == "with_head_dropout":
+        from droplab import surgery
 
-def with_head_dropout(model: nn.Module, at: str | None, p: float = 0.1) -> nn.Module:
-    """A copy of ``model`` whose head has one ``nn.Dropout(p)`` at ``at`` (H1-H7, or None)
-    and otherwise the *trained* weights and BN statistics of ``model``'s head.
-
-    The trunk (``model.features``) is deep-copied unchanged; the head is rebuilt
-    with :func:`make_head` and its weight layers (head conv, BN, FC) take the
-    values of the old ones, in order. A model whose head has no 1x1 conv cannot
-    get dropout at H1-H3 (there is no trained conv to copy). With ``at="H7"``
-    the copy returns probabilities (``outputs_probabilities = True``).
-    Used by chapter 4 to put dropout at H4-H7 of one trained network and
-    compare the losses each position produces (Kim et al. Section 2.4).
-    """
-    import copy
-
-    _check_position(at, HEAD_POSITION_NAMES, "the head")
-    _check_p(p)
-    head = getattr(model, "head", None)
-    if not isinstance(head, nn.Sequential):
-        raise ValueError("model has no nn.Sequential `head`; with_head_dropout needs a droplab network "
-                         "(PreResNet, ResNetV1 or CNN)")
-    weighted = lambda seq: [m for m in seq if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))]  # noqa: E731
-    old = weighted(head)
-    has_conv = any(isinstance(m, nn.Conv2d) for m in old)
-    if at in ("H1", "H2", "H3") and not has_conv:
-        raise ValueError(f"dropout at {at} needs the head's 1x1 conv, but this model's head has none; "
-                         f"build the model with head_conv=True (or choose H4-H7)")
-    fc = old[-1]
-    new_head = make_head(fc.in_features, fc.out_features, at, p, conv=has_conv)
-    new = weighted(new_head)
-    for src, dst in zip(old, new):
-        dst.load_state_dict(src.state_dict())
-    out = copy.deepcopy(model)
-    out.head = new_head.to(next(model.parameters()).device)
-    out.outputs_probabilities = at == "H7"
-    if hasattr(out, "head_dropout_at"):
-        out.head_dropout_at = at
-    return out
-
-
-# ----------------------------------------------------------------------------
-# Chapter 5 support: dropout inserted into a built (or pre-trained) network
-# ----------------------------------------------------------------------------
-
-def insert_dropout(model: nn.Module, after: type[nn.Module], p: float,
-                   index: int | Sequence[int] | None = None) -> nn.Module:
-    """Put ``nn.Dropout(p)`` right after layers of type ``after`` inside ``model``; return ``model``.
-
-    The ``after`` layers are counted in the order of ``model.modules()``, which
-    for droplab's networks is the forward order (trunk and head are
-    ``nn.Sequential`` in execution order). ``index`` picks the k-th of them
-    (0-based, negative from the end; a sequence picks several), None picks all.
-    Each picked layer must sit in an ``nn.Sequential``. Works in place (weights
-    are kept, the new layers take the model's train/eval mode) and returns
-    ``model``, so that a builder is one expression::
-
-        insert_dropout(CNN(), nn.ReLU, 0.3, index=0)    # after the first BN-ReLU ("early")
-        insert_dropout(CNN(), nn.ReLU, 0.3)             # after every BN-ReLU
-        insert_dropout(CNN(), nn.Flatten, 0.3)          # after GAP, before the FC layer (H5)
-    """
-    p = _check_p(p)
-    found = [m for m in model.modules() if isinstance(m, after)]
-    if not found:
-        raise ValueError(f"model has no {after.__name__} layer to put dropout after")
-    if index is None:
-        picked = found
-    else:
-        wanted = [index] if isinstance(index, int) else list(index)
-        bad = [i for i in wanted if not -len(found) <= i < len(found)]
-        if bad:
-            raise ValueError(f"index {bad} out of range: the model has {len(found)} {after.__name__} "
-                             f"layers (valid indices {-len(found)} .. {len(found) - 1})")
-        picked = [found[i] for i in wanted]
-    targets = {id(m) for m in picked}
-    parents = {}
-    for parent in model.modules():
-        for child in parent.children():
-            if id(child) in targets:
-                if not isinstance(parent, nn.Sequential):
-                    raise ValueError(f"a picked {after.__name__} sits in a {type(parent).__name__}, not in an "
-                                     f"nn.Sequential, so there is no 'right after it' to insert dropout into")
-                parents[id(parent)] = parent
-    for parent in parents.values():
-        layers: list[nn.Module] = []
-        for child in parent:
-            layers.append(child)
-            if id(child) in targets:
-                drop = nn.Dropout(p)
-                drop.train(child.training)
-                layers.append(drop)
-        for name in list(parent._modules):
-            del parent._modules[name]
-        for i, layer in enumerate(layers):
-            parent.add_module(str(i), layer)
-    return model
-
-
-def replace_classifier(model: nn.Module, num_classes: int) -> nn.Module:
-    """Replace the last ``nn.Linear`` of ``model`` by a fresh one with ``num_classes`` outputs; return ``model``.
-
-    The new layer has the old one's input width, bias setting, device and
-    dtype, and PyTorch's default initialisation (seed before calling it for a
-    reproducible draw). In place. This is the usual first step of fine-tuning
-    a pre-trained network on new classes (chapter 5, claim 4).
-    """
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    owner, name, old = None, None, None
-    for parent in model.modules():
-        for child_name, child in parent.named_children():
-            if isinstance(child, nn.Linear):
-                owner, name, old = parent, child_name, child
-    if old is None:
-        raise ValueError("model has no nn.Linear layer to replace")
-    new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
-    setattr(owner, name, new.to(device=old.weight.device, dtype=old.weight.dtype))
-    return model
+        return surgery.with_head_dropout
+    raise AttributeError(f"module 'droplab.models' has no attribute {name!r}")

@@ -35,6 +35,7 @@ from torch import nn
 
 from droplab import data as _data
 from droplab import repro, scale
+from droplab.dropout import set_dropout
 
 EPS = 1e-12
 
@@ -364,12 +365,15 @@ def fit(model: nn.Module, train: Any, test: Any | None, recipe: Recipe | int | N
 # Evaluation, prediction, BN recalibration
 # ----------------------------------------------------------------------------
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s parameters (the CPU for a model without any)."""
     p = next(iter(model.parameters()), None)
     return p.device if p is not None else torch.device("cpu")
 
 
-def _stats_for(model: nn.Module, d: Any, stats: Any) -> Any:
+def stats_for(model: nn.Module, d: Any, stats: Any) -> Any:
+    """The (mean, std) that normalise ``d`` for ``model``: ``stats``, else the ones :func:`fit` kept
+    on the model, else ``d``'s own."""
     if stats is not None:
         return stats
     inner = getattr(model, "_orig_mod", model)
@@ -390,9 +394,9 @@ def predict(model: nn.Module, data: Any, batch_size: int | None = None, *, stats
     without autograd, with the precision and memory format :func:`fit` trained
     it with (``model.fast_path``; fp32 for a model that ``fit`` never saw).
     Restores the model's mode."""
-    dev = device or _model_device(model)
+    dev = device or model_device(model)
     batch_size = batch_size or eval_batch_size(dev)
-    x_all, _ = to_device(data, dev, _stats_for(model, data, stats))
+    x_all, _ = to_device(data, dev, stats_for(model, data, stats))
     inner = getattr(model, "_orig_mod", model)
     path = getattr(inner, "fast_path", None) or FastPath("fp32", False, False, "not trained by fit")
     was_training = model.training
@@ -413,15 +417,11 @@ def evaluate(model: nn.Module, data: Any, batch_size: int | None = None, *, stat
     uint8 images are normalised with ``stats``, else with ``model.input_stats``
     (set by :func:`fit`), else with the data's own statistics.
     """
-    dev = device or _model_device(model)
+    dev = device or model_device(model)
     out = predict(model, data, batch_size, stats=stats, device=dev)
     y = _unpack(data)[1].to(dev).long()
     loss = criterion(model)(out, y).item()
     return loss, (out.argmax(1) == y).float().mean().item()
-
-
-def _is_dropout(m: nn.Module) -> bool:
-    return isinstance(m, nn.modules.dropout._DropoutNd) or "dropout" in type(m).__name__.lower()
 
 
 @torch.no_grad()
@@ -436,13 +436,11 @@ def recalibrate_bn(model: nn.Module, data: Any, batch_size: int = 256, num_batch
     Kim et al. Definition 2). Momentum is restored and the model left in eval mode.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    dev = _model_device(model)
-    x_all, _ = to_device(data, dev, _stats_for(model, data, stats))
+    dev = model_device(model)
+    x_all, _ = to_device(data, dev, stats_for(model, data, stats))
     momenta = [m.momentum for m in bns]
     model.train()
-    for m in model.modules():
-        if _is_dropout(m):
-            m.eval()
+    set_dropout(model, False)
     for m in bns:
         m.reset_running_stats()
         m.momentum = None
@@ -459,152 +457,10 @@ def recalibrate_bn(model: nn.Module, data: Any, batch_size: int = 256, num_batch
     return model
 
 
-# ----------------------------------------------------------------------------
-# Chapter 4 support: per-sample losses and gradient norms with dropout on
-# ----------------------------------------------------------------------------
+def __getattr__(name: str):  # noqa: ANN202
+    """``train.per_sample_losses``: the name chapter 4 calls; it lives in :mod:`droplab.probes`."""
+    if name == "per_sample_losses":
+        from droplab import probes
 
-def per_sample_losses(model: nn.Module, data: Any, samples: int = 8, *, seed: int = 0,
-                      batch_size: int = 1024, stats: Any = None) -> dict[str, torch.Tensor]:
-    """The loss each sample gets in training, with fresh dropout masks, and its gradient norm.
-
-    Runs ``model`` with its dropout layers in train mode and everything else
-    (BN included) in eval mode, so that samples do not interact and every
-    number below belongs to one sample and one mask draw. For each of
-    ``samples`` draws of the masks it records, per sample:
-
-    - ``"loss"`` (samples, N): the training loss of :func:`criterion`, not
-      averaged: cross-entropy on logits, or ``-log(max(y_hat_c, 1e-12))`` for a
-      model that outputs probabilities (dropout at H7);
-    - ``"grad_norm"`` (samples, N): the Euclidean norm of the gradient of that
-      loss with respect to the head's input (the last feature map, from which
-      the update of every trunk weight is built); for a model without a
-      ``head`` with respect to the model's input.
-
-    Also returned: ``"correct"`` (N,), whether the eval-mode prediction (dropout
-    off) is right, and ``"eval_loss"`` (N,), the eval-mode loss. Tensors are on
-    the CPU. Modes are restored. The masks come from a generator seeded with
-    ``seed`` (the global random state is left as it was). Kim et al. Section
-    2.4 argue that dropout at H6/H7 gives correctly classified samples large
-    losses; this is the measurement.
-    """
-    import torch.nn.functional as F_  # noqa: N812
-
-    if samples < 1:
-        raise ValueError(f"samples must be at least 1, got {samples}")
-    dev = _model_device(model)
-    x_all, y_all = to_device(data, dev, _stats_for(model, data, stats))
-    probs = outputs_probabilities(model)
-    split = hasattr(model, "head") and hasattr(model, "features")
-    trunk = model.features if split else nn.Identity()
-    head = model.head if split else model
-
-    def loss_per_sample(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if probs:
-            return -torch.log(out.float().clamp_min(EPS)).gather(1, y[:, None]).squeeze(1)
-        return F_.cross_entropy(out.float(), y, reduction="none")
-
-    was_training = model.training
-    losses = torch.empty(samples, len(y_all))
-    norms = torch.empty(samples, len(y_all))
-    try:
-        model.eval()
-        with torch.no_grad():
-            outs = torch.cat([model(x_all[i:i + batch_size]) for i in range(0, len(x_all), batch_size)])
-            correct = (outs.argmax(1) == y_all).cpu()
-            eval_loss = loss_per_sample(outs, y_all).cpu()
-        for m in model.modules():
-            if _is_dropout(m):
-                m.train()
-        trunk_is_random = any(_is_dropout(m) for m in trunk.modules())
-        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-            torch.manual_seed(seed)
-            for i in range(0, len(x_all), batch_size):
-                x, y = x_all[i:i + batch_size], y_all[i:i + batch_size]
-                h = None
-                for t in range(samples):
-                    if h is None or trunk_is_random:   # a trunk without dropout is computed once
-                        with torch.no_grad():
-                            h = trunk(x)
-                    h = h.detach().requires_grad_(True)
-                    loss = loss_per_sample(head(h), y)
-                    (grad,) = torch.autograd.grad(loss.sum(), h)
-                    losses[t, i:i + len(y)] = loss.detach().cpu()
-                    norms[t, i:i + len(y)] = grad.flatten(1).norm(dim=1).cpu()
-    finally:
-        model.train(was_training)
-    return {"loss": losses, "grad_norm": norms, "correct": correct, "eval_loss": eval_loss}
-
-
-# ----------------------------------------------------------------------------
-# Chapter 5 support: how noisy the mini-batch gradient is, with and without dropout
-# ----------------------------------------------------------------------------
-
-def gradient_noise(model: nn.Module, data: Any, batch_size: int, num_batches: int = 64, *,
-                   dropout: bool = True, seed: int = 0, stats: Any = None,
-                   replacement: bool = True) -> dict[str, float]:
-    """The spread of mini-batch gradients around their mean, at the model's current weights.
-
-    Draws ``num_batches`` mini-batches of ``batch_size`` samples from ``data``,
-    computes the gradient of the training loss (:func:`criterion`) on each,
-    with the dropout layers sampling masks (``dropout=True``) or off, and
-    returns, in float64:
-
-    - ``"noise"``: the trace of the covariance of the mini-batch gradient,
-      ``sum_k |g_k - g_mean|^2 / (K - 1)``. With ``replacement`` (the default)
-      every sample of a batch is drawn independently, so without dropout the
-      noise is ``tr(Sigma) / batch_size`` exactly, Sigma the covariance of the
-      per-sample gradients over ``data``; dropout's masks, drawn per sample,
-      are independent too, so its share falls as ``1 / batch_size`` as well.
-      ``replacement=False`` draws each batch without replacement, as an epoch
-      does; the sampling part then shrinks by ``(N - B) / (N - 1)``;
-    - ``"signal"``: ``|g_mean|^2``, the squared norm of the mean gradient;
-    - ``"batch_size"``, ``"num_batches"``.
-
-    Every other module is in train mode (BN uses batch statistics, as in
-    training). Weights, BN buffers and train/eval modes are restored; the batches
-    and masks come from streams seeded with ``seed`` (the global random state is
-    left as it was). Chapter 5 uses it for "small batches plus dropout
-    destabilize training".
-    """
-    from droplab.dropout import keep_modes, mask_seed, set_dropout
-
-    if batch_size < 2 or num_batches < 2:
-        raise ValueError(f"need batch_size >= 2 (BN) and num_batches >= 2 (a spread), got {batch_size}, {num_batches}")
-    dev = _model_device(model)
-    x_all, y_all = to_device(data, dev, _stats_for(model, data, stats))
-    n = len(y_all)
-    if batch_size > n and not replacement:
-        raise ValueError(f"batch_size {batch_size} is larger than the data ({n} samples)")
-    params = [t for t in model.parameters() if t.requires_grad]
-    saved_grads = [t.grad for t in params]
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    loss_fn = criterion(model)
-    gen = torch.Generator().manual_seed(seed)
-    mean = None
-    m2 = 0.0  # Welford: sum of squared deviations from the running mean, summed over parameters
-    try:
-        with keep_modes(model), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-            torch.manual_seed(mask_seed(seed))
-            model.train()
-            set_dropout(model, dropout)
-            for _ in range(num_batches):
-                idx = (torch.randint(0, n, (batch_size,), generator=gen) if replacement
-                       else torch.randperm(n, generator=gen)[:batch_size]).to(dev)
-                grads = torch.autograd.grad(loss_fn(model(x_all[idx]), y_all[idx]), params)
-                g = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in grads])
-                if mean is None:
-                    mean, k = g.clone(), 1
-                    continue
-                k += 1
-                delta = g - mean
-                mean += delta / k
-                m2 += float(delta.dot(g - mean))
-    finally:
-        with torch.no_grad():
-            for b, value in buffers:
-                b.copy_(value)
-        for t, grad in zip(params, saved_grads):
-            t.grad = grad
-    signal = float(mean.dot(mean))
-    noise = m2 / (num_batches - 1)
-    return {"noise": noise, "signal": signal, "batch_size": batch_size, "num_batches": num_batches}
+        return probes.per_sample_losses
+    raise AttributeError(f"module 'droplab.train' has no attribute {name!r}")
