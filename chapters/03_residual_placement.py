@@ -821,6 +821,99 @@ for a, b in twin_gap:
         assert abs(acc[(a, s)] - acc[(b, s)]) < 1e-6, (a, b, s)
 
 # %% [markdown]
+# ### Each position at its own drop probability
+#
+# One common $p$ is a fair start, but it is not the question the paper
+# asks: a position might help at another rate. So each position compared
+# with the paper gets its own $p$, chosen on the **validation** split from
+# the grid 0.05, 0.1, 0.2, 0.3 (the `residual-p` experiment: two seeds per
+# rate, with its own no-dropout runs), and is then trained with five paired
+# seeds at that rate and scored on the test split, which played no part in
+# the choice. The figure shows the validation accuracy that did the
+# choosing.
+
+# %%
+TUNED_POSITIONS = ["P0", "P2", "P4", "P6", "P7"]
+GRID = [f"{pos}-p{q:g}" for pos in TUNED_POSITIONS for q in experiments.P_GRID]
+grid_recs = records.check_records("residual-p", "class", 2, only=["none", *GRID])
+best_p = records.tuned_p(grid_recs)            # by mean validation accuracy; ties to the smaller p
+val = {(r["config"]["name"], r["seed"]): r["final_val_acc"] for r in grid_recs}
+none_val = np.mean([val[("none", s)] for s in range(2)])
+with plots.style():
+    fig, ax = plots.figure("Validation accuracy by drop probability (2 seeds each)", "drop probability p",
+                           "validation accuracy (%)")
+    for pos in TUNED_POSITIONS:
+        ax.plot(experiments.P_GRID, [100 * np.mean([val[(f"{pos}-p{q:g}", s)] for s in range(2)])
+                                     for q in experiments.P_GRID], "o-", label=pos)
+    ax.axhline(100 * none_val, color="black", ls="--", lw=1, label="no dropout")
+    ax.legend()
+plt.show()
+print("best p on validation: " + ", ".join(f"{pos} {best_p[pos]:g}" for pos in TUNED_POSITIONS))
+
+# %% [markdown]
+# Every position does best at the smallest or the second smallest rate,
+# and P0 and P4, which put the noise on the trunk or before a block's
+# second BN, lose most as $p$ grows. Checks: each chosen rate is the grid's
+# best on validation (recomputed here from the records), and for P0 the
+# validation accuracy falls as $p$ rises through the grid.
+
+# %%
+for pos in TUNED_POSITIONS:
+    mean_val = {q: np.mean([val[(f"{pos}-p{q:g}", s)] for s in range(2)]) for q in experiments.P_GRID}
+    assert mean_val[best_p[pos]] == max(mean_val.values()), (pos, mean_val)
+    assert best_p[pos] <= 0.1, (pos, best_p[pos])
+p0_val = [np.mean([val[(f"P0-p{q:g}", s)] for s in range(2)]) for q in experiments.P_GRID]
+assert all(a > b for a, b in zip(p0_val, p0_val[1:])), p0_val
+
+# %% [markdown]
+# The test accuracy at those rates, five paired seeds, beside the table at
+# $p = 0.1$ above (each against its own no-dropout runs):
+
+# %%
+TUNED = [f"{pos}-p{best_p[pos]:g}" for pos in TUNED_POSITIONS]
+tuned_recs = records.check_records("residual-p", "class", SEEDS, only=["none", *TUNED])
+tuned_rows = {r.config: r for r in records.table(tuned_recs)}
+tuned_frame = records.table_frame([tuned_rows[c] for c in ["none", *TUNED]])
+tuned_frame["at p = 0.1 (Table 1 re-run)"] = ["baseline"] + [metrics.pm(*paired_ci[pos], signed=True)
+                                                             for pos in TUNED_POSITIONS]
+metrics.styled(tuned_frame, f"Each position at its best p on validation: test accuracy ({SEEDS} paired seeds)")
+
+# %%
+with plots.style():
+    fig, ax = plots.figure("Each position at its own p (dots) and at p = 0.1 (diamonds)",
+                           "dropout position", "difference from no dropout (points)")
+    plots.differences_with_ci(ax, TUNED_POSITIONS, [100 * tuned_rows[c].diff for c in TUNED],
+                              [100 * tuned_rows[c].diff_ci95 for c in TUNED],
+                              quoted={pos: [100 * paired_ci[pos][0]] for pos in TUNED_POSITIONS},
+                              quoted_label="at p = 0.1 (Table 1 re-run, mean)",
+                              ours_label="at its best p on validation (mean and 95% CI)", highlight=["P6"])
+plt.show()
+
+# %% [markdown]
+# At its own rate no position gains: the largest mean gain is about a
+# tenth of a point, inside its interval. Two positions are resolved, both
+# *below* no dropout: P0, as the paper says, and P6, the position
+# Guideline 1 recommends, by about a third of a point, with an interval
+# that stays clear of zero. Tuning the rate makes P0's and P4's losses
+# small (under half a point instead of two to three points at
+# $p = 0.1$), which is what a validation split is for: at a rate this low,
+# the noise is mostly switched off. Checks: the no-dropout runs fit and
+# overfit as in Table 1; the signs resolved are as stated.
+
+# %%
+tuned_none = [r for r in tuned_recs if r["config"]["name"] == "none"]
+assert all(r.n == SEEDS and r.diverged == 0 for r in tuned_rows.values()), tuned_rows
+assert np.mean([r["final_train_acc"] for r in tuned_none]) >= 0.97
+assert min(r["final_train_acc"] - r["final_test_acc"] for r in tuned_none) >= 0.05
+tuned_sign = {pos: metrics.resolved_sign(tuned_rows[c].diff, tuned_rows[c].diff_ci95)
+              for pos, c in zip(TUNED_POSITIONS, TUNED)}
+print(tuned_sign)
+assert tuned_sign == {"P0": -1, "P2": 0, "P4": 0, "P6": -1, "P7": 0}, tuned_sign
+assert max(tuned_rows[c].diff for c in TUNED) < 0.005
+for pos, c in zip(("P0", "P4"), (TUNED[0], TUNED[2])):
+    assert tuned_rows[c].diff > paired_ci[pos][0], pos          # the tuned rate loses less than p = 0.1
+
+# %% [markdown]
 # ### Does a record reproduce?
 #
 # A record is only worth committing if the same command makes it again. At
@@ -870,21 +963,62 @@ metrics.styled(pd.DataFrame([{"network": k, "no dropout (%)": f"{a:.2f}", "Guide
 # %% [markdown]
 # Three of the five quoted gains lie within the twin-gap floor of 0.39
 # points computed above; only the ResNetV1 gains on CIFAR-100 stand clear
-# of it. The re-run of Tables 2 and 3 in this book's regime (the
-# `bottleneck-*` and `resnetv1-*` configurations of the `residual`
-# experiment, three seeds each) is the next sweep of
-# `scripts/evidence_sweeps.sh`; its records are not committed yet, and the
-# check below says so by asking for them.
+# of it. The re-run in this book's regime is the `bottleneck-*` and
+# `resnetv1-*` configurations of the `residual` experiment: a bottleneck
+# PreResNet-11 and a ResNetV1-8 (post-activation blocks), each with and
+# without dropout at P6, three paired seeds, the same data and recipe as
+# Table 1's re-run (`scripts/evidence_sweeps.sh` made them).
 
 # %%
 VARIANTS = ["bottleneck-none", "bottleneck-P6", "resnetv1-none", "resnetv1-P6"]
-try:
-    records.check_records(EXPERIMENT, "class", 3, only=VARIANTS)
-    variants_committed = True
-except records.RecordsError as err:
-    variants_committed = False
-    print(str(err).splitlines()[-1])
-assert not variants_committed, "the Tables 2-3 records exist now: show them here instead of this note"
+VARIANT_SEEDS = 3
+variant_recs = records.check_records(EXPERIMENT, "class", VARIANT_SEEDS, only=VARIANTS)
+variant_rows = {r.config: r for r in records.table(variant_recs)}
+variant_fit = {c: [r["final_train_acc"] for r in variant_recs if r["config"]["name"] == c]
+               for c in ("bottleneck-none", "resnetv1-none")}
+metrics.styled(records.table_frame(list(variant_rows.values())),
+               f"Tables 2-3 re-run: test accuracy, P6 against the same network without dropout "
+               f"({VARIANT_SEEDS} paired seeds)")
+
+# %%
+with plots.style():
+    fig, ax = plots.figure("Tables 2-3 re-run: Guideline 1 in other residual blocks",
+                           "network (dots: ours, mean and 95% CI; diamonds: the paper's CIFAR gains)",
+                           "P6 minus no dropout (points)")
+    plots.differences_with_ci(
+        ax, ["bottleneck", "ResNetV1"], [100 * variant_rows[c].diff for c in ("bottleneck-P6", "resnetv1-P6")],
+        [100 * variant_rows[c].diff_ci95 for c in ("bottleneck-P6", "resnetv1-P6")],
+        quoted={"bottleneck": [b - a for k, (a, b) in QUOTED_VARIANTS.items() if "bottleneck" in k],
+                "ResNetV1": [b - a for k, (a, b) in QUOTED_VARIANTS.items() if "ResNetV1" in k]})
+plt.show()
+for c in ("bottleneck-P6", "resnetv1-P6"):
+    r = variant_rows[c]
+    print(f"{c}: {metrics.pm(r.diff, r.diff_ci95, signed=True)} points, smallest detectable "
+          f"{100 * r.mde:.2f}; train accuracy of {r.baseline}: "
+          + ", ".join(f"{100 * a:.1f} %" for a in variant_fit[r.baseline]))
+
+# %% [markdown]
+# Checks: every run is there and finished; both no-dropout networks fit
+# their training images (97 % or more, each seed) and score at least 5
+# points lower on the test split, so the regime can show a gain here too.
+# The paper's claim is a gain at P6 in both networks. Neither interval
+# excludes zero, so both verdicts are *unresolved*: three seeds could
+# detect a difference of about two points, and the quoted gains are a
+# fifth of a point to just over one. What the re-run can say is that P6
+# does not cost these networks more than about two points either.
+
+# %%
+assert all(r.n == VARIANT_SEEDS and r.diverged == 0 for r in variant_rows.values()), variant_rows
+for base, train_acc in variant_fit.items():
+    test_acc = [r["final_test_acc"] for r in variant_recs if r["config"]["name"] == base]
+    assert min(train_acc) >= 0.97 and min(a - t for a, t in zip(train_acc, test_acc)) >= 0.05, (base, train_acc)
+variant_verdicts = {c: metrics.verdict(variant_rows[c].diff, variant_rows[c].diff_ci95, +1, variant_rows[c].mde,
+                                       unit=" points", scale=100) for c in ("bottleneck-P6", "resnetv1-P6")}
+print(variant_verdicts)
+for c, v in variant_verdicts.items():
+    assert v.startswith("unresolved"), (c, v)
+    assert 1.0 < 100 * variant_rows[c].mde < 3.0 and variant_rows[c].diff + variant_rows[c].diff_ci95 > 0, c
+    assert variant_rows[c].diff - variant_rows[c].diff_ci95 > -0.025, c    # a cost above 2.5 points is excluded
 assert sum(b - a > floor for a, b in QUOTED_VARIANTS.values()) == 2
 
 # %% [markdown]
@@ -898,10 +1032,9 @@ assert sum(b - a > floor for a, b in QUOTED_VARIANTS.values()) == 2
 # command that makes them.
 
 # %%
-PAPER_RESULTS = data.REPO_DATA / "results"
 for experiment in ("residual", "residual-56"):
     for dataset in ("fashion-mnist", "cifar10"):
-        paper_records = records.load_records(experiment, "paper", dataset, results_dir=PAPER_RESULTS)
+        paper_records = records.load_records(experiment, "paper", dataset, results_dir=records.REPO_RESULTS)
         if paper_records:
             prov = paper_records[0]["provenance"]
             print(f"{experiment}, paper scale, {dataset}: {len(paper_records)} records, seeds "
@@ -941,7 +1074,9 @@ for experiment in ("residual", "residual-56"):
 #   and the verdict: *supports* (our interval excludes zero on the paper's
 #   side), *contradicts* (on the other side) or *unresolved*. An unresolved
 #   position refutes nothing: it says the effect, if any, is smaller than
-#   what these seeds can see.
+#   what these seeds can see. The last two columns repeat the comparison
+#   with each tuned position at the drop probability the validation split
+#   chose for it.
 
 # %%
 PAPER_SIGN = {c: (1 if min(d) > 0 else -1 if max(d) < 0 else 0) for c, d in quoted_diff.items()}
@@ -951,15 +1086,30 @@ verdict_frame = pd.DataFrame([{
     "smallest detectable (points)": f"{100 * mde[c]:.2f}",
     "paper": {1: "helps in all four columns", -1: "hurts in all four columns"}[PAPER_SIGN[c]],
     "verdict": verdicts[c]} for c in TABLE1[1:]])
-metrics.styled(verdict_frame, f"Kim et al.'s Table 1 against this book's records ({SEEDS} seeds, p = 0.1)")
+tuned_verdicts = {pos: metrics.verdict(tuned_rows[c].diff, tuned_rows[c].diff_ci95, PAPER_SIGN[pos], tuned_rows[c].mde,
+                                       unit=" points", scale=100) for pos, c in zip(TUNED_POSITIONS, TUNED)}
+verdict_frame["at its best p (points)"] = [
+    f"p = {best_p[c]:g}: {metrics.pm(tuned_rows[t].diff, tuned_rows[t].diff_ci95, signed=True)}"
+    if c in best_p else "" for c, t in zip(TABLE1[1:], [dict(zip(TUNED_POSITIONS, TUNED)).get(c) for c in TABLE1[1:]])]
+verdict_frame["verdict at its best p"] = [tuned_verdicts.get(c, "") for c in TABLE1[1:]]
+metrics.styled(verdict_frame, f"Kim et al.'s Table 1 against this book's records ({SEEDS} seeds; p = 0.1, "
+                              f"and each position's p chosen on validation)")
 
 # %% [markdown]
 # Check: the verdicts follow from the intervals (P0 is resolved below no
-# dropout, so the paper's "P0 hurts" is supported), and every unresolved
-# position says how large an effect it could have seen.
+# dropout at both rates, so the paper's "P0 hurts" is supported), and every
+# unresolved position says how large an effect it could have seen. At its
+# best rate P6 is resolved below no dropout, against the paper's gain: in
+# this regime, this book's records **contradict** Guideline 1's promise of
+# an accuracy gain at P5/P6, by a third of a point, while at $p = 0.1$ they
+# cannot tell. Tables 2 and 3 (bottleneck blocks, ResNetV1) stay
+# unresolved with three seeds.
 
 # %%
-assert verdicts["P0"] == "supports", verdicts["P0"]
+assert verdicts["P0"] == "supports" and tuned_verdicts["P0"] == "supports", (verdicts["P0"], tuned_verdicts["P0"])
+assert tuned_verdicts["P6"] == "contradicts" and verdicts["P6"].startswith("unresolved"), tuned_verdicts
+for c, v in tuned_verdicts.items():
+    assert (v == "supports") == (tuned_sign[c] == PAPER_SIGN[c]) and (v == "contradicts") == (tuned_sign[c] == -PAPER_SIGN[c])
 for c, v in verdicts.items():
     assert v.split(" (")[0] in metrics.VERDICT_WORDS, v
     assert (v == "supports") == (metrics.resolved_sign(*paired_ci[c]) == PAPER_SIGN[c])
