@@ -60,7 +60,7 @@ def run_one(experiment: str | Experiment, config: str | Config, seed: int, *, sc
 
     exp = get(experiment)
     cfg = config if isinstance(config, Config) else exp.config(config)
-    sc = _scale.validate(scale or _scale.current())
+    sc = _scale.warn_if_slow(_scale.validate(scale or _scale.current()))
     ds = dataset or exp.dataset
     run_spec = spec(exp, cfg, sc, ds)
     d = run_spec["data"]
