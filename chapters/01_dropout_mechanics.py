@@ -444,14 +444,11 @@ for r in grid:
 # %%
 RATES = scale.pick(smoke=(0.0, 0.5), class_=(0.0, 0.2, 0.5, 0.8), paper=(0.0, 0.1, 0.2, 0.3, 0.5, 0.8))
 SEEDS = scale.pick(smoke=2, class_=4, paper=5)
-runs = {}
-for p_, seed in tqdm([(p_, s) for p_ in RATES for s in range(SEEDS)], desc="rates x seeds",
-                     disable=scale.current() == "smoke"):
-    repro.seed_everything(seed)
-    net = models.MLP(hidden=HIDDEN, p=p_, dropout_at="hidden" if p_ > 0 else None)
-    hist = train.fit(net, train_set, test_set, EPOCHS, seed=seed, progress=False, **RECIPE)
-    runs[p_, seed] = dict(model=net, history=hist, train_acc=train.evaluate(net, train_set)[1],
-                          test_acc=hist.final_test_acc)
+nets = {p_: (lambda p_=p_: models.MLP(hidden=HIDDEN, p=p_, dropout_at="hidden" if p_ > 0 else None)) for p_ in RATES}
+trained = train.fit_each(nets, train_set, test_set, EPOCHS, range(SEEDS), progress=scale.current() != "smoke",
+                         desc="rates x seeds", **RECIPE)
+runs = {key: dict(model=net, history=hist, train_acc=train.evaluate(net, train_set)[1], test_acc=hist.final_test_acc)
+        for key, (net, hist) in trained.items()}
 summary = {p_: {k: metrics.mean_ci95([runs[p_, s][k] for s in range(SEEDS)]) for k in ("train_acc", "test_acc")}
            for p_ in RATES}
 gaps = {p_: [runs[p_, s]["train_acc"] - runs[p_, s]["test_acc"] for s in range(SEEDS)] for p_ in RATES}
@@ -866,7 +863,7 @@ assert abs(neighbour_kept - (1 - P_SPATIAL)) < 5 * math.sqrt(pq / dropped_here.s
 # %% [markdown]
 # Now the information. For every dropped activation we predict its value
 # from the average of its kept 4-neighbours in the same channel (a
-# least-squares line per channel; `D.neighbour_recovery`), and count what
+# least-squares line per channel; `probes.neighbour_recovery`), and count what
 # the prediction misses. The fraction of the feature map's variance that is
 # dropped *and* cannot be read back from the same channel is what the next
 # convolution really loses. Spatial dropout leaves no neighbours in the

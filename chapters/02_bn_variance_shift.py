@@ -325,7 +325,7 @@ print(f"trained {len(nets)} networks")
 # %% [markdown]
 # For every BN layer we now compare the running variance it normalizes with
 # against the variance its input actually has on the test images, with the
-# network in evaluation mode. `droplab.variance.bn_variance_shift(model, x)`
+# network in evaluation mode. `droplab.probes.bn_variance_shift(model, x)`
 # does this with a forward hook on every BN layer and returns, per layer, the
 # test-time mean and variance of the input beside the running statistics; its
 # `ratio` is the test variance over the running variance, averaged over
@@ -644,7 +644,7 @@ else:
 # dropout alone on a ReLU output, $(\pi - 1)/(\pi/q - 1)$ (Kim et al. Eq. 29,
 # written with $q$).
 #
-# `droplab.variance.prop2_pipeline` runs the paper's module test: inputs from
+# `droplab.inconsistency.pre_post_dropout_ratio` runs the paper's module test: inputs from
 # $\mathcal N(0, 1)$ through `BN → ReLU → W → BN → ReLU`, then dropout and a
 # last weight layer (PreDropout), every weight with variance $2/n$ and mean
 # $\mathrm{E}[W]$, BN in training mode. We measure $\Delta$ of its output over

@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from droplab import data, experiments, metrics, models, plots, records, repro, scale, sweep
+from droplab import experiments, inconsistency, metrics, models, plots, records, repro, scale, sweep
 from droplab import dropout as D
 from droplab import variance as V
 
@@ -263,7 +263,7 @@ assert torch.allclose(W4 @ D.dropout(x4, P_MODULE, mask=torch.diagonal(M4)), (W4
 
 # %%
 fig1_grid = [(w, mw, s, pos) for w in WIDTHS for mw in MEANS_W for s in range(SEEDS_P2) for pos in ("pre", "post")]
-fig1 = {key: V.prop2_pipeline(key[0], key[1], P_MODULE, batch=BATCH_P2, position=key[3], seed=key[2])
+fig1 = {key: inconsistency.pre_post_dropout_ratio(key[0], key[1], P_MODULE, batch=BATCH_P2, position=key[3], seed=key[2])
         for key in tqdm(fig1_grid, desc="Figure 1", disable=scale.current() == "smoke")}
 fig1_mean = {(w, mw, pos): np.mean([fig1[(w, mw, s, pos)] for s in range(SEEDS_P2)])
              for w in WIDTHS for mw in MEANS_W for pos in ("pre", "post")}
@@ -378,7 +378,7 @@ assert max(fig1_sd.values()) < 0.02, "the sampling error is small next to the to
 
 # %%
 fig3_grid = [(q, v, res) for q in KEEP for v in VAR_X0 for res in (True, False)]
-fig3 = {key: V.prop3_block(key[1], 1 - key[0], batch=BATCH_P3, residual=key[2], seed=0)
+fig3 = {key: inconsistency.block_ratio(key[1], 1 - key[0], batch=BATCH_P3, residual=key[2], seed=0)
         for key in tqdm(fig3_grid, desc="Figure 3", disable=scale.current() == "smoke")}
 fig3_formula = {(q, v, res): V.ratio_residual(1 - q, v) if res else V.ratio_nonresidual(1 - q)
                 for q, v, res in fig3_grid}
@@ -461,7 +461,7 @@ assert all(fig3[(q, v, False)] < fig3[(q, v, True)] < 1 for q in KEEP for v in V
 # `variance.NEXT_BN` holds this map.
 
 # %%
-print(V.NEXT_BN)
+print(inconsistency.NEXT_BN)
 
 # %% [markdown]
 # We stack fully connected PreResNet blocks (width 128, He weights, BN with
@@ -472,7 +472,7 @@ print(V.NEXT_BN)
 
 # %%
 POS_DEPTH = ("P0", "P1", "P2", "P4", "P6", "P7")
-depth_shift = {pos: V.shift_at_next_bn(DEPTH, pos, P_MODULE, batch=BATCH_P3, seed=1)
+depth_shift = {pos: inconsistency.shift_at_next_bn(DEPTH, pos, P_MODULE, batch=BATCH_P3, seed=1)
                for pos in tqdm(POS_DEPTH, desc="depth test", disable=scale.current() == "smoke")}
 blocks_l = np.arange(1, DEPTH + 1)
 eq31 = [V.ratio_residual_depth(P_MODULE, 1.0, int(l)) for l in blocks_l]
@@ -521,13 +521,13 @@ assert all(p0[i] < min(depth_shift[pos][i] for pos in POS_DEPTH if pos != "P0") 
 # passes. That hides something: a BN in batch-statistics mode re-normalizes
 # whatever it receives, so dropout at P2 leaves the block's *output*
 # untouched there. A deployed network instead normalizes with the running
-# statistics recorded in training. `variance.stacked_blocks(bn="running")`
+# statistics recorded in training. `inconsistency.stacked_ratios(bn="running")`
 # does that: the training pass records the statistics, the test pass runs
 # everything in evaluation mode. We compare the block outputs of P2 and P6
 # stacks both ways.
 
 # %%
-deploy = {(pos, bn): V.stacked_blocks(DEPTH, pos, P_MODULE, batch=BATCH_P3, seed=1, bn=bn)
+deploy = {(pos, bn): inconsistency.stacked_ratios(DEPTH, pos, P_MODULE, batch=BATCH_P3, seed=1, bn=bn)["out"]
           for pos in ("P2", "P6") for bn in ("train", "running")}
 print("Δ of the block outputs x_l")
 print("block   P2 batch-stat  P2 running   P6 batch-stat  P6 running")
@@ -1156,7 +1156,7 @@ assert commutes == {"LeakyReLU": True, "ELU": False, "GELU": False}
 # With dropout at P6, $q = 0.5$ and $\mathrm{Var}[x_0] = 1$, after how many
 # blocks does Eq. 31 come within 10% of the non-residual ratio (Eq. 29)?
 # Find the depth from the formula, then measure $\Delta$ at that depth with
-# `variance.stacked_blocks`.
+# `inconsistency.stacked_ratios`.
 # ```
 #
 # ```{solution-start} ch3-ex-depth
@@ -1169,7 +1169,8 @@ assert commutes == {"LeakyReLU": True, "ELU": False, "GELU": False}
 
 # %%
 depth_ex = next(l for l in range(1, 1000) if V.ratio_residual_depth(P_MODULE, 1.0, l) < 1.1 * eq29)
-measured_ex = V.stacked_blocks(depth_ex, "P6", P_MODULE, batch=scale.pick(smoke=2_000, class_=5_000, paper=20_000))
+measured_ex = inconsistency.stacked_ratios(depth_ex, "P6", P_MODULE,
+                                            batch=scale.pick(smoke=2_000, class_=5_000, paper=20_000))["out"]
 print(f"first depth within 10%: {depth_ex}; Eq. 31 there {V.ratio_residual_depth(P_MODULE, 1.0, depth_ex):.4f}, "
       f"measured {measured_ex[-1]:.4f}, Eq. 29 {eq29:.4f}")
 assert V.ratio_residual_depth(P_MODULE, 1.0, depth_ex - 1) >= 1.1 * eq29
@@ -1185,7 +1186,7 @@ assert abs(measured_ex[-1] / V.ratio_residual_depth(P_MODULE, 1.0, depth_ex) - 1
 # The training sweep drops with $p = 0.1$ ($q = 0.9$). How large must
 # $\mathrm{Var}[x_0]$ be for the first residual block with dropout at P6 to
 # reach $\Delta \ge 0.99$? Solve Eqs. 22–23 for $\mathrm{Var}[x_0]$ and
-# check with `variance.prop3_block`.
+# check with `inconsistency.block_ratio`.
 # ```
 #
 # ```{solution-start} ch3-ex-var-x0
@@ -1199,7 +1200,7 @@ assert abs(measured_ex[-1] / V.ratio_residual_depth(P_MODULE, 1.0, depth_ex) - 1
 q_ex, r_ex = 0.9, 0.99
 a_ex, b_ex = (math.pi - 1) / math.pi, (math.pi / q_ex - 1) / math.pi
 v_ex = (r_ex * b_ex - a_ex) / (1 - r_ex)
-measured_v = V.prop3_block(v_ex, 1 - q_ex, batch=BATCH_P3)
+measured_v = inconsistency.block_ratio(v_ex, 1 - q_ex, batch=BATCH_P3)
 print(f"Var[x0] >= {v_ex:.3f}; formula there {V.ratio_residual(1 - q_ex, v_ex):.4f}, measured {measured_v:.4f}")
 assert abs(V.ratio_residual(1 - q_ex, v_ex) - r_ex) < 1e-12
 assert abs(measured_v - r_ex) < 0.005

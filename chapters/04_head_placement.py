@@ -75,7 +75,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from droplab import data, experiments, metrics, models, plots, records, repro, scale, sweep, train
+from droplab import data, experiments, inconsistency, metrics, models, plots, probes, records, repro, scale, surgery, sweep, train
 from droplab import dropout as D
 from droplab import variance as V
 
@@ -158,7 +158,7 @@ for at, (before, after) in NEIGHBOURS.items():
 # Sections 2–4 study one trained network: the `none` configuration of the
 # sweep (head conv, no dropout anywhere), trained here with its own seed.
 # Positions are compared on *this* network by moving a dropout layer into its
-# head with `models.with_head_dropout`, which rebuilds the head around the
+# head with `surgery.with_head_dropout`, which rebuilds the head around the
 # trained weights. So every position sees exactly the same features and
 # weights, and only the place of the noise changes.
 
@@ -260,16 +260,16 @@ for measured, predicted in ((delta_h1, pred_h1), (delta_h2, pred_h2)):
 # network (same weights), draw several masks for each test image kept above, and
 # record each sample's training loss and the norm of its gradient with
 # respect to the head's input, the signal from which every trunk weight's
-# update is built (`train.per_sample_losses`). The reference without dropout
+# update is built (`probes.per_sample_losses`). The reference without dropout
 # gives the scale of an ordinary gradient: the median over the samples it
 # misclassifies.
 
 # %%
 AT_HEAD = ["H4", "H5", "H6", "H7"]
-per_sample = {at: train.per_sample_losses(models.with_head_dropout(reference, at, P), maps_set,
+per_sample = {at: probes.per_sample_losses(surgery.with_head_dropout(reference, at, P), maps_set,
                                           samples=MASKS, seed=1)
               for at in tqdm(AT_HEAD, desc="positions", disable=quiet)}
-no_dropout = train.per_sample_losses(reference, maps_set, samples=1)
+no_dropout = probes.per_sample_losses(reference, maps_set, samples=1)
 correct = no_dropout["correct"]
 LOG_K = math.log(info.num_classes)  # a correct prediction has y_hat_c >= 1/K, so loss <= log K without dropout
 WRONG_MEDIAN = no_dropout["grad_norm"][0, ~correct].median().item()
@@ -459,7 +459,7 @@ for at in tqdm(("H6", "H7"), desc="training with H6, H7", disable=quiet):
                            width=REF_SIZES.width, head_conv=True, head_dropout_at=at, p=P)
     hist_at = train.fit(net, train_set, test_set, REF_SIZES.recipe, seed=MODEL_SEED, progress=False,
                         **experiments.AUGMENT[DATASET])
-    r = train.per_sample_losses(net, maps_set, samples=MASKS, seed=1)
+    r = probes.per_sample_losses(net, maps_set, samples=MASKS, seed=1)
     ok = r["correct"]
     loss, grad = r["loss"][:, ok], r["grad_norm"][:, ok]
     trained_with[at] = dict(test_acc=hist_at.final_test_acc, n_correct=int(ok.sum()),
@@ -559,16 +559,16 @@ else:
 # on such features H4 never varies more than H5, whatever the correlations.
 #
 # The mean's term is divided by $S$ before GAP and not after it. We measure
-# both sides with `variance.gap_variance_experiment` (Gaussian i.i.d.
-# positions) against the formulas (`gap_dropout_variance`,
-# `dropout_gap_variance`), varying $S$, $\mu$ and $q$ one at a time around
+# both sides with `inconsistency.head_variances_iid` (Gaussian i.i.d.
+# positions) against the formulas (`variance_at_h4`,
+# `variance_at_h5`), varying $S$, $\mu$ and $q$ one at a time around
 # $S = 49$ (a 7×7 map, the size of this network's last feature map on
 # Fashion-MNIST), $\mu = \sigma = 1$ and the chapter's $p$.
 
 # %%
 BASE = dict(S=49, mu=1.0, sigma2=1.0, p=P)
 GRID = {"S": [1, 2, 4, 9, 16, 25, 49, 64], "mu": [0.0, 0.25, 0.5, 1.0, 1.5, 2.0], "p": [0.1, 0.2, 0.3, 0.5, 0.7]}
-prop5 = {name: [V.gap_variance_experiment(**{**BASE, name: v}, n=N_IID, seed=10 * k + i)
+prop5 = {name: [inconsistency.head_variances_iid(**{**BASE, name: v}, n=N_IID, seed=10 * k + i)
                 for i, v in enumerate(values)]
          for k, (name, values) in enumerate(tqdm(GRID.items(), desc="Proposition 5", disable=quiet))}
 print(f"{'varied':>6} {'value':>6} {'H4':>9} {'formula':>9} {'H5':>9} {'formula':>9} {'H5/H4':>6}")
@@ -586,7 +586,7 @@ with plots.style():
     for ax, (name, results) in zip(axes, prop5.items()):
         plots.figure(titles[name][0], titles[name][1], "variance of the FC input", ax=ax,
                      xscale="log" if name == "S" else None, yscale="log" if name == "S" else None)
-        for pos, marker, formula in (("H4", "o", V.gap_dropout_variance), ("H5", "s", V.dropout_gap_variance)):
+        for pos, marker, formula in (("H4", "o", V.variance_at_h4), ("H5", "s", V.variance_at_h5)):
             curve = lambda v, f=formula, n=name: f(**{**{"mu": 1.0, "sigma2": 1.0, "p": P, "S": 49}, n: v})  # noqa: E731
             plots.measured_vs_analytic(ax, GRID[name], [r[pos] for r in results], curve, label=pos, marker=marker)
     fig.tight_layout()
@@ -616,7 +616,7 @@ for name, results in prop5.items():
 #
 # The features of a trained network are not i.i.d.: a channel that fires at
 # one position tends to fire at its neighbours, and images differ in how
-# strongly a channel fires at all. `variance.gap_variances_on` draws masks
+# strongly a channel fires at all. `inconsistency.head_variances_on` draws masks
 # on the reference network's last feature maps and returns, averaged over
 # channels, the total variance of the FC input at H4 and at H5 (across
 # images and masks), the variance of GAP without dropout, and the noise part
@@ -626,11 +626,11 @@ for name, results in prop5.items():
 # Proposition 5 would predict if the positions were independent.
 
 # %%
-real = V.gap_variances_on(features, P, samples=2 * MASKS, seed=2)
+real = inconsistency.head_variances_on(features, P, samples=2 * MASKS, seed=2)
 mu_c, var_c = features.double().mean((0, 2, 3)), features.double().var((0, 2, 3))
 k_noise = P / (1 - P)  # (1 - q)/q
-iid = {"H4": V.gap_dropout_variance(mu_c, var_c, P, S_MAP).mean().item(),
-       "H5": V.dropout_gap_variance(mu_c, var_c, P, S_MAP).mean().item(),
+iid = {"H4": V.variance_at_h4(mu_c, var_c, P, S_MAP).mean().item(),
+       "H5": V.variance_at_h5(mu_c, var_c, P, S_MAP).mean().item(),
        "H4_noise": (k_noise * (mu_c**2 + var_c) / S_MAP).mean().item(),
        "H5_noise": (k_noise * (mu_c**2 + var_c / S_MAP)).mean().item()}
 gain = {"total, measured": real["H5_total"] / real["H4_total"], "total, i.i.d.": iid["H5"] / iid["H4"],
@@ -704,8 +704,8 @@ assert gain["noise, measured"] > gain["noise, i.i.d."], gain
 # it on the reference network, with the same seed for the masks of both.
 
 # %%
-head_h3 = models.with_head_dropout(reference, "H3", P).head.train()
-head_h4 = models.with_head_dropout(reference, "H4", P).head.train()
+head_h3 = surgery.with_head_dropout(reference, "H3", P).head.train()
+head_h4 = surgery.with_head_dropout(reference, "H4", P).head.train()
 for m in (head_h3, head_h4):
     for bn in m.modules():
         if isinstance(bn, nn.BatchNorm2d):
@@ -853,7 +853,7 @@ for s in range(SEEDS_REC):
 # adds as much noise as H5 at $p_5$ when
 # $p_4/(1-p_4) = r\,p_5/(1-p_5)$ (chapter 5 uses the same rule for its
 # FC-versus-conv claim). The registry holds two such pairs
-# (`experiments.NOISE_MATCHED`): H4 at the rate that matches H5 at its
+# (`experiments.NOISE_MATCHED`, `variance.noise_matched_p`): H4 at the rate that matches H5 at its
 # tuned rate, and H5 at the rate that matches H4 at its tuned rate. The
 # cell measures $r$ again on the GAP input of this chapter's reference
 # network.
@@ -868,17 +868,10 @@ head_tuned_recs = records.check_records("head-p", "class", SEEDS_REC, only=["non
 head_acc = {(r["config"]["name"], r["seed"]): r[records.METRIC] for r in head_tuned_recs}
 with torch.no_grad():
     gap_input = reference.head[:3](features)          # after the head's conv-BN-ReLU, before GAP
-noise_at = V.gap_variances_on(gap_input, P, samples=2 * MASKS, seed=2)
+noise_at = inconsistency.head_variances_on(gap_input, P, samples=2 * MASKS, seed=2)
 r_noise = noise_at["H5_noise"] / noise_at["H4_noise"]
-
-
-def matched_rate(p_other: float, ratio: float) -> float:
-    k = ratio * p_other / (1 - p_other)
-    return k / (1 + k)
-
-
-matched_live = {"H4-matched": matched_rate(head_best["H5"], r_noise),
-                "H5-matched": matched_rate(head_best["H4"], 1 / r_noise)}
+matched_live = {"H4-matched": V.noise_matched_p(head_best["H5"], r_noise),
+                "H5-matched": V.noise_matched_p(head_best["H4"], 1 / r_noise)}
 print(f"best p on validation: H4 {head_best['H4']:g}, H5 {head_best['H5']:g}; noise ratio H5/H4 at equal p: "
       f"{r_noise:.1f}")
 print("noise-matched rates: " + ", ".join(f"{c} registry {experiments.NOISE_MATCHED[c]:g}, measured here "
@@ -1048,7 +1041,7 @@ assert {row["comparison"]: row["verdict"] for row in verdict_rows}[h5_tuned] == 
 # :label: ch4-ex-zero-mean
 #
 # Proposition 5 says nothing about zero-mean features: check with
-# `variance.gap_variance_experiment` that for $\mu = 0$ dropout before and
+# `inconsistency.head_variances_iid` that for $\mu = 0$ dropout before and
 # after GAP give the same variance. Why can this case not happen at H4 in a
 # ReLU network, unless a channel is dead?
 # ```
@@ -1061,7 +1054,7 @@ assert {row["comparison"]: row["verdict"] for row in verdict_rows}[h5_tuned] == 
 # zero everywhere, a dead channel, which dropout cannot affect anyway.
 
 # %%
-r = V.gap_variance_experiment(S=49, mu=0.0, sigma2=1.0, p=P, n=N_IID, seed=7)
+r = inconsistency.head_variances_iid(S=49, mu=0.0, sigma2=1.0, p=P, n=N_IID, seed=7)
 print(f"H4 {r['H4']:.5f}  H5 {r['H5']:.5f}  formula (both) {r['H4_formula']:.5f}  ratio {r['H5'] / r['H4']:.3f}")
 assert r["H4_formula"] == r["H5_formula"]
 assert abs(r["H5"] / r["H4"] - 1) < 2 * REL_TOL  # each within REL_TOL of the same value
@@ -1089,7 +1082,7 @@ assert abs(r["H5"] / r["H4"] - 1) < 2 * REL_TOL  # each within REL_TOL of the sa
 # %%
 mu, sigma2, q_keep = 1.0, 1.0, 0.9
 S_half = (sigma2 + 2 * (1 - q_keep) * mu**2) / ((1 - q_keep) * mu**2)
-r = V.gap_variance_experiment(S=round(S_half), mu=mu, sigma2=sigma2, p=1 - q_keep, n=N_IID, seed=8)
+r = inconsistency.head_variances_iid(S=round(S_half), mu=mu, sigma2=sigma2, p=1 - q_keep, n=N_IID, seed=8)
 print(f"S = {S_half:.2f}; measured H5/H4 at S = {round(S_half)}: {r['H5'] / r['H4']:.3f} "
       f"(formula {r['H5_formula'] / r['H4_formula']:.3f})")
 assert abs(r["H5_formula"] / r["H4_formula"] - 2) < 1e-9
@@ -1154,7 +1147,7 @@ assert kept_all < math.log(10) < dropped_correct
 # the log-loss at all.
 
 # %%
-h7_net = models.with_head_dropout(reference, "H7", P).eval()
+h7_net = surgery.with_head_dropout(reference, "H7", P).eval()
 h7_net.head[-1].train()  # only the dropout layer samples; BN uses its running statistics
 torch.manual_seed(9)
 probs = h7_net.head(features)

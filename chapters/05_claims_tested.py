@@ -116,7 +116,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from droplab import data, inconsistency, metrics, models, plots, probes, repro, scale, surgery, sweep, train, variance
+from droplab import data, inconsistency, metrics, models, plots, probes, repro, scale, surgery, train, variance
 from droplab import dropout as D
 
 try:
@@ -266,15 +266,11 @@ for name, build in CNN_CONFIGS.items():
     print(f"{name:18}", " ".join(f"[{s}]" if s == "Dropout" else s for s in layers if s != "Flatten"))
 
 # %%
-cnn_runs = {}  # (config, seed) -> (trained model, history)
-jobs = [(name, seed) for seed in SEEDS for name in CNN_CONFIGS]
-for name, seed in tqdm(jobs, desc="CNN trainings", disable=QUIET):
-    repro.seed_everything(seed)
-    net = CNN_CONFIGS[name]()
-    curve = name in ("none", "end")  # claim 7 reads their learning curves; the others are evaluated once, at the end
-    hist = train.fit(net, train_set, test_set, CNN_EPOCHS, seed=seed, progress=False,
-                     eval_every=1 if curve else CNN_EPOCHS, **CNN_RECIPE)
-    cnn_runs[name, seed] = (net, hist)
+# claim 7 reads the learning curves of "none" and "end"; the others are evaluated once, at the end
+cnn_recipes = {name: train.Recipe(epochs=CNN_EPOCHS, eval_every=1 if name in ("none", "end") else CNN_EPOCHS,
+                                  **CNN_RECIPE) for name in CNN_CONFIGS}
+cnn_runs = train.fit_each(CNN_CONFIGS, train_set, test_set, cnn_recipes, SEEDS, progress=not QUIET,
+                          desc="CNN trainings")  # (config, seed) -> (trained model, history)
 cnn_acc = {name: [cnn_runs[name, s][1].final_test_acc for s in SEEDS] for name in CNN_CONFIGS}
 cnn_train_acc = {name: [cnn_runs[name, s][1].train_acc[-1] for s in SEEDS] for name in CNN_CONFIGS}
 print(f"{'CNN, dropout at':22} {'test accuracy, %':>17} {'train accuracy, %':>19}")
@@ -295,13 +291,8 @@ MLP_CONFIGS = {
     "every layer": lambda: models.MLP(hidden=HIDDEN, p=P_MLP, dropout_at="hidden"),
     "end": lambda: models.MLP(hidden=HIDDEN, p=P_MLP, dropout_at="after_last_bn"),
 }
-mlp_runs = {}
-jobs = [(name, seed) for seed in SEEDS for name in MLP_CONFIGS]
-for name, seed in tqdm(jobs, desc="MLP trainings", disable=QUIET):
-    repro.seed_everything(seed)
-    net = MLP_CONFIGS[name]()
-    hist = train.fit(net, train_set, test_set, MLP_EPOCHS, seed=seed, progress=False, **MLP_RECIPE)
-    mlp_runs[name, seed] = (net, hist)
+mlp_runs = train.fit_each(MLP_CONFIGS, train_set, test_set, MLP_EPOCHS, SEEDS, progress=not QUIET,
+                          desc="MLP trainings", **MLP_RECIPE)
 mlp_acc = {name: [mlp_runs[name, s][1].final_test_acc for s in SEEDS] for name in MLP_CONFIGS}
 mlp_train_acc = {name: [mlp_runs[name, s][1].train_acc[-1] for s in SEEDS] for name in MLP_CONFIGS}
 print(f"{'MLP, dropout at':22} {'test accuracy, %':>17} {'train accuracy, %':>19}")
@@ -324,7 +315,7 @@ for name in MLP_CONFIGS:
 # **The smallest refutation.** (a) Does "after GAP" beat no dropout? (b) Is
 # it beaten by "end"? (c) The mechanism: on the trained feature maps of the
 # network without dropout, how much noise does each position add to the FC
-# layer's input at the same $p$ (`variance.gap_variances_on`)?
+# layer's input at the same $p$ (`inconsistency.head_variances_on`)?
 
 # %%
 d2_pool = metrics.paired_difference(cnn_acc["after GAP"], cnn_acc["none"])
@@ -395,7 +386,7 @@ print(f"claim 2: {verdict_2} ({evidence_2})")
 # BN sees dropped inputs) and "end" (after the last BN, none follows),
 # against no dropout; then two diagnoses: the ratio of the variance each BN
 # layer sees at test time to the running variance it divides by
-# (`variance.bn_variance_shift`; 1 means no shift), and the accuracy after
+# (`probes.bn_variance_shift`; 1 means no shift), and the accuracy after
 # re-estimating the BN statistics with dropout off (`train.recalibrate_bn`),
 # which removes the shift and nothing else.
 
@@ -505,7 +496,7 @@ print(f"claim 3: {verdict_3} ({evidence_3})")
 # 0–4 (T-shirt, trouser, pullover, dress, coat), then fine-tune every layer
 # on a small training set of classes 5–9 (sandal, shirt, sneaker, bag, ankle
 # boot) with a fresh five-way FC layer, and one dropout inserted
-# (`models.insert_dropout`) after the first BN–ReLU ("early"), the second
+# (`surgery.insert_dropout`) after the first BN–ReLU ("early"), the second
 # ("middle"), the third ("late", which is H4), or after GAP ("head", H5).
 # The fine-tuning images are normalized with the pre-training statistics, as
 # one does with a pre-trained network. Each seed draws its own small
@@ -631,9 +622,7 @@ print(f"raising p from {P} to {P_HIGH}: feature map {pm(conv_gain)} points, FC i
 print(f"interaction (FC - conv): {pmd(d5)} points")
 
 # %%
-k_fc = 0.5 / (1 - 0.5)  # p/q of FC dropout at the usual p = 0.5
-k_conv = noise_ratio * k_fc  # noise_ratio = b / a, measured in claim 2
-p_equivalent = k_conv / (1 + k_conv)
+p_equivalent = variance.noise_matched_p(0.5, noise_ratio)  # FC dropout at the usual p = 0.5; noise_ratio = b / a (claim 2)
 noise_conv = inconsistency.head_variances_on(feats, p_equivalent, samples=16, seed=3)["H4_noise"]
 noise_fc = inconsistency.head_variances_on(feats, 0.5, samples=16, seed=4)["H5_noise"]
 print(f"predicted: FC dropout at p = 0.5 adds as much noise to the classifier as feature-map dropout at p = {p_equivalent:.3f}")
@@ -781,7 +770,7 @@ print(f"claim 7: {verdict_7} ({evidence_7})")
 # 1. *Gradient noise.* At the trained weights of the MLP with dropout in
 #    every layer, draw many mini-batches of size $B$ (each sample drawn
 #    independently) and measure the spread of their gradients around the
-#    mean (the trace of the covariance, `train.gradient_noise`), with dropout
+#    mean (the trace of the covariance, `probes.gradient_noise`), with dropout
 #    on and off. Dropout draws a fresh mask for every sample, so its noise
 #    averages over the batch exactly like the noise of sampling the batch:
 #    both should fall as $1/B$, and the share of the noise that dropout adds
@@ -1146,7 +1135,7 @@ assert abs(spatial_noise / gap_noise["H5_noise_formula"] - 1) < 0.10
 # *per-sample* gradients over the training set. Compute
 # $\operatorname{tr}\Sigma$ from the per-sample gradients of the same
 # network (one backward pass per training image, dropout off), predict the
-# noise at $B = 32$, and compare it with the value `train.gradient_noise`
+# noise at $B = 32$, and compare it with the value `probes.gradient_noise`
 # measured in section 8.
 # ```
 #

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from droplab import data, models, train
+from droplab import data, models, repro, train
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +181,16 @@ def test_a_bad_recipe_says_what_is_valid():
 # --- per_sample_losses: each sample's loss and gradient norm with dropout on -----------------
 
 
+
+
+def test_fit_each_trains_every_config_and_seed_as_fit_would(synthetic):
+    small = data.subset(synthetic[0], 128), data.subset(synthetic[1], 64)
+    builders = {"none": lambda: models.MLP(in_features=28 * 28, hidden=(8,)),
+                "p": lambda: models.MLP(in_features=28 * 28, hidden=(8,), p=0.5, dropout_at="hidden")}
+    runs = train.fit_each(builders, *small, 1, [0, 1], progress=False, batch_size=32, flip=False)
+    assert set(runs) == {(n, s) for n in builders for s in (0, 1)}
+    repro.seed_everything(1)
+    alone = builders["p"]()
+    hist = train.fit(alone, *small, 1, seed=1, progress=False, batch_size=32, flip=False)
+    assert runs["p", 1][1].train_loss == hist.train_loss and runs["p", 1][1].test_acc == hist.test_acc
+    assert runs["none", 0][1].train_loss != runs["none", 1][1].train_loss

@@ -114,3 +114,12 @@ def test_uniform_dropout_ratio_matches_measurement() -> None:
     x = torch.randn(20_000, 64, generator=g, dtype=torch.float64) + 1.0
     measured = V.inconsistency_ratio(UniformDropout(0.8), x)
     assert measured == pytest.approx(V.uniform_dropout_ratio(1.0, 1.0, 0.8), rel=0.02)
+
+
+def test_noise_matched_p_adds_the_noise_of_the_other_place():
+    """p/q here equals ratio * p/q there (Eq. 6); a ratio of 1 returns the same p."""
+    assert V.noise_matched_p(0.1, 1.0) == pytest.approx(0.1)
+    for p_other, ratio in ((0.1, 24.6), (0.5, 3.0), (0.1, 1 / 24.6)):
+        p = V.noise_matched_p(p_other, ratio)
+        assert p / (1 - p) == pytest.approx(ratio * p_other / (1 - p_other))
+    assert V.noise_matched_p(0.1, 24.6) == pytest.approx(0.732, abs=1e-3)

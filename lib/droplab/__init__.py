@@ -35,11 +35,7 @@ module                          its one idea
 
 Layers, bottom up (a module imports only those above it): scale, repro,
 data, dropout, variance, models, inconsistency / surgery, train, probes,
-metrics, experiments, records, sweep, bench; plots stands apart. Three old
-names that chapters 3-4 still call resolve lazily downwards:
-``variance.prop2_pipeline`` & co. (now :mod:`droplab.inconsistency`),
-``models.with_head_dropout`` (:mod:`droplab.surgery`) and
-``train.per_sample_losses`` (:mod:`droplab.probes`).
+metrics, experiments, records, sweep, bench; plots stands apart.
 
 Importing ``droplab`` imports nothing heavy and has no side effects; import the
 module you need (``from droplab import models``).

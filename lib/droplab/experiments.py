@@ -130,7 +130,7 @@ def _head() -> Experiment:
 
 # Noise-matched H4 and H5 (chapter 4): on the GAP input of the class-scale no-dropout head
 # network, dropout noise reaches the FC layer 24.6 times larger from H5 than from H4 at equal p
-# (``variance.gap_variances_on``; chapter 4 measures it again and checks these rates). With noise
+# (``inconsistency.head_variances_on``; chapter 4 measures it again and checks these rates). With noise
 # proportional to p/q, H4 at p = 0.73 adds as much noise as H5 at its tuned p = 0.1, and H5 at
 # p = 0.0045 as little as H4 at p = 0.1.
 NOISE_MATCHED: dict[str, float] = {"H4-matched": 0.73, "H5-matched": 0.0045}

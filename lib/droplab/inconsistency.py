@@ -294,18 +294,3 @@ def head_variances_on(
         "H4_noise_formula": (k * (x**2).mean((2, 3)) / S).mean().item(),
         "H5_noise_formula": (k * gap**2).mean().item(),
     }
-
-
-# --------------------------------------------------------------------------- the names chapters 3-4 call
-
-prop2_pipeline = pre_post_dropout_ratio
-prop3_block = block_ratio
-gap_variance_experiment = head_variances_iid
-gap_variances_on = head_variances_on
-
-
-def stacked_blocks(depth: int, position: str = "P6", p: float = 0.5, width: int = 128, batch: int | None = None,
-                   seed: int = 0, var_x0: float = 1.0, bn: Literal["train", "running"] = "train",
-                   residual: bool = True) -> list[float]:
-    """``stacked_ratios(...)["out"]``: Delta at the output of each block (the name chapter 3 calls)."""
-    return stacked_ratios(depth, position, p, width, batch, seed, var_x0, bn, residual)["out"]

@@ -489,12 +489,3 @@ def mlp_block(width: int, dropout_at: str | None = "P6", p: float = 0.5, residua
 def num_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(t.numel() for t in model.parameters() if t.requires_grad)
-
-
-def __getattr__(name: str):  # noqa: ANN202
-    """``models.with_head_dropout``: the name chapter 4 calls; it lives in :mod:`droplab.surgery`."""
-    if name == "with_head_dropout":
-        from droplab import surgery
-
-        return surgery.with_head_dropout
-    raise AttributeError(f"module 'droplab.models' has no attribute {name!r}")

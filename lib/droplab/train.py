@@ -409,6 +409,30 @@ def predict(model: nn.Module, data: Any, batch_size: int | None = None, *, stats
     return torch.cat(outs)
 
 
+def fit_each(builders: dict[str, Callable[[], nn.Module]], train: Any, test: Any | None,
+             recipe: Recipe | int | dict[str, Recipe | int], seeds: Sequence[int], *, progress: bool = True,
+             desc: str = "trainings", **changes: Any) -> dict[tuple[str, int], tuple[nn.Module, History]]:
+    """Train every (config, seed) pair in memory: for each seed and each named builder,
+    seed everything with that seed (so seed ``k`` of every config starts from the same
+    weights where the networks share a shape), build the network and :func:`fit` it.
+
+    ``recipe`` is one recipe for all, or one per config name; ``changes`` are passed to
+    every :func:`fit`. Returns ``{(name, seed): (model, history)}``, the trained models
+    included; one progress bar counts the runs. The chapters' comparisons of several
+    networks over seeds (chapters 1 and 5) are one call each; a sweep whose records must
+    outlive the chapter uses :mod:`droplab.sweep` instead."""
+    from tqdm.auto import tqdm
+
+    jobs = [(name, seed) for seed in seeds for name in builders]
+    out: dict[tuple[str, int], tuple[nn.Module, History]] = {}
+    for name, seed in tqdm(jobs, desc=desc, disable=not progress):
+        repro.seed_everything(seed)
+        net = builders[name]()
+        rec = recipe[name] if isinstance(recipe, dict) else recipe
+        out[name, seed] = (net, fit(net, train, test, rec, seed=seed, progress=False, **changes))
+    return out
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Any, batch_size: int | None = None, *, stats: Any = None,
              device: torch.device | None = None) -> tuple[float, float]:
@@ -455,12 +479,3 @@ def recalibrate_bn(model: nn.Module, data: Any, batch_size: int = 256, num_batch
             m.momentum = mom
         model.eval()
     return model
-
-
-def __getattr__(name: str):  # noqa: ANN202
-    """``train.per_sample_losses``: the name chapter 4 calls; it lives in :mod:`droplab.probes`."""
-    if name == "per_sample_losses":
-        from droplab import probes
-
-        return probes.per_sample_losses
-    raise AttributeError(f"module 'droplab.train' has no attribute {name!r}")

@@ -205,19 +205,11 @@ def uniform_dropout_ratio(var_x, mean_x, beta):  # noqa: ANN001,ANN201
     return var_x / uniform_dropout_variance(var_x, mean_x, beta)
 
 
-# =========================================================================== the names chapters 3-4 call
-
-gap_dropout_variance = variance_at_h4
-dropout_gap_variance = variance_at_h5
-
-#: module tests that moved to droplab.inconsistency, still reachable as ``variance.<name>`` from chapters 3-4
-_MOVED_TO_INCONSISTENCY = ("prop2_pipeline", "prop3_block", "stacked_blocks", "shift_at_next_bn", "NEXT_BN",
-                   "gap_variance_experiment", "gap_variances_on")
-
-
-def __getattr__(name: str):  # noqa: ANN202
-    if name in _MOVED_TO_INCONSISTENCY:
-        from droplab import inconsistency
-
-        return getattr(inconsistency, name)
-    raise AttributeError(f"module 'droplab.variance' has no attribute {name!r}")
+def noise_matched_p(p_other, ratio):  # noqa: ANN001,ANN201
+    """The drop probability at which dropout here adds as much noise as dropout at
+    ``p_other`` somewhere else, where, at equal p, the other place adds ``ratio`` times
+    the noise of this one. Dropout's noise variance is proportional to ``p / q``
+    (Eq. 6), so the answer solves ``p/(1-p) = ratio * p_other/(1-p_other)``
+    (chapter 4: H4 against H5; chapter 5: a feature map against an FC input)."""
+    k = ratio * p_other / (1 - p_other)
+    return k / (1 + k)
