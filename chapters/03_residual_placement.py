@@ -593,7 +593,7 @@ assert all(a < b for a, b in zip(p6_run, p2_run)), (p6_run, p2_run)
 # the branch, before the addition. The library calls all three `"P6"`:
 
 # %%
-print(models.GUIDELINE_1)
+print(models.GUIDELINE)
 bottleneck = models.PreResNet(11, in_channels=1, width=8, block="bottleneck", dropout_at="P6")
 v1 = models.ResNetV1(8, in_channels=1, width=8, dropout_at="P6")
 print("bottleneck branch:", " → ".join(type(m).__name__ for m in bottleneck.blocks[0].branch))

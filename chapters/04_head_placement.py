@@ -130,7 +130,7 @@ fig = plots.position_diagram("head", highlight="guideline")
 
 # %%
 guideline_model = models.PreResNet(SIZES.depth, num_classes=info.num_classes, in_channels=info.shape[0],
-                                   width=SIZES.width, head_dropout_at=models.GUIDELINE_2, head_conv=True, p=P)
+                                   width=SIZES.width, head_dropout_at=models.GUIDELINE["head"][0], head_conv=True, p=P)
 print(guideline_model.head)
 
 # %% [markdown]

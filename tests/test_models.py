@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from droplab import models, train
-from droplab.models import CNN, GUIDELINE_1, MLP, PreResNet, ResNetV1
+from droplab import models
+from droplab.models import CNN, GUIDELINE, MLP, PreResNet, ResNetV1
 
 LETTER = {nn.BatchNorm2d: "B", nn.BatchNorm1d: "B", nn.ReLU: "R", nn.Conv2d: "C", nn.Dropout: "D",
           nn.AdaptiveAvgPool2d: "A", nn.Flatten: "F", nn.Linear: "L", nn.Softmax: "S", nn.MaxPool2d: "M"}
@@ -80,7 +80,8 @@ def test_resnetv1_has_no_p7_because_p6_ends_the_branch():
 
 def test_guideline_1_is_after_the_last_bn_before_the_last_weight_layer():
     # Kim et al. Guideline 1: P6 everywhere; the dropout has a BN before it and no BN after it.
-    assert set(GUIDELINE_1.values()) == {"P6"}
+    assert {GUIDELINE[a][0] for a in ("preresnet-basic", "preresnet-bottleneck", "resnetv1")} == {"P6"}
+    assert GUIDELINE["head"][0] == "H4"
     for model in (PreResNet(8, dropout_at="P6"), PreResNet(11, block="bottleneck", dropout_at="P6"),
                   ResNetV1(8, dropout_at="P6")):
         text = layout(model.blocks[0].branch)

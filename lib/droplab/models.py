@@ -15,7 +15,7 @@ Positions
 sit around the *first* BN-ReLU of the branch, P4-P6 around the *last*, P7
 after the last weight layer, so Guideline 1 ("after the last BN, before the
 last weight layer of the residual branch"; for ResNetV1 "at the end of the
-branch", Kim et al. Section 3.1) is ``P6`` in all three (``GUIDELINE_1``).
+branch", Kim et al. Section 3.1) is ``P6`` in all three (:data:`GUIDELINE`).
 The head (:data:`HEAD_POSITIONS`) is
 
 ``features -> [H1 Conv1x1 H2 BN H3 ReLU] H4 -> GAP -> Flatten -> H5 FC H6 -> [softmax H7]``
@@ -89,8 +89,11 @@ HEAD_POSITIONS: dict[str, str] = {
     "H7": "after softmax, on the probabilities",
 }
 
-GUIDELINE_1: dict[str, str] = {"preresnet-basic": "P6", "preresnet-bottleneck": "P6", "resnetv1": "P6"}
-GUIDELINE_2: str = "H4"
+# Kim et al.'s Guidelines 1 (residual blocks) and 2 (the head): the positions each recommends,
+# the one the book builds first; P5 = P6 and H3 = H4 compute the same network (chapters 3, 4).
+GUIDELINE: dict[str, tuple[str, ...]] = {
+    "preresnet-basic": ("P6", "P5"), "preresnet-bottleneck": ("P6",), "resnetv1": ("P6",), "head": ("H4", "H3"),
+}
 
 Slot = Union[str, nn.Module]
 

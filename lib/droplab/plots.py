@@ -262,12 +262,7 @@ DEFAULT_LABELS: dict[str, list[str]] = {
     "resnetv1": [f"P{i}" for i in range(7)],
     "head": [f"H{i}" for i in range(1, 8)],
 }
-GUIDELINE: dict[str, tuple[str, ...]] = {
-    "preresnet": ("P5", "P6"),
-    "bottleneck": ("P6",),
-    "resnetv1": ("P6",),
-    "head": ("H3", "H4"),
-}
+_ARCH = {"preresnet": "preresnet-basic", "bottleneck": "preresnet-bottleneck", "resnetv1": "resnetv1", "head": "head"}
 
 
 def position_diagram(
@@ -298,7 +293,9 @@ def position_diagram(
     if len(names) != n_expected:
         raise ValueError(f"{kind} has {n_expected} positions; got {len(names)} labels")
     if highlight == "guideline":
-        hl = set(GUIDELINE[kind])
+        from droplab.models import GUIDELINE
+
+        hl = set(GUIDELINE[_ARCH[kind]])
     elif isinstance(highlight, str):
         hl = {highlight}
     else:
@@ -400,6 +397,5 @@ __all__ = [
     "bars_with_ci",
     "position_diagram",
     "DEFAULT_LABELS",
-    "GUIDELINE",
     "texts",
 ]
