@@ -101,7 +101,6 @@ def test_bars_with_ci_draw_bars_and_the_baseline() -> None:
 @pytest.mark.parametrize("kind, arch", [("preresnet", "preresnet-basic"), ("bottleneck", "preresnet-bottleneck"),
                                         ("resnetv1", "resnetv1")])
 def test_diagrams_name_the_positions_the_models_use(kind: str, arch: str) -> None:
-
     drawn = [t for t in plots.texts(plots.position_diagram(kind)) if t.startswith("P") and t[1:].isdigit()]
     assert sorted(drawn) == sorted(models.POSITIONS[arch])
     assert models.GUIDELINE[arch][0] in drawn
