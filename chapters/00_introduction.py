@@ -60,7 +60,7 @@
 # %% tags=["hide-input"]
 # Where droplab is not installed yet, install it: from the checkout of the book around this notebook
 # (Binder, a clone), else (Colab: the notebook alone) from the repository in DROPLAB_REPOSITORY, the
-# `repository: url` of the book's _config.yml; and let it download Fashion-MNIST (see data/README.md).
+# `repository: url` of the book's _config.yml. droplab downloads Fashion-MNIST if it is missing.
 import importlib.util, os, pathlib, subprocess, sys
 
 if importlib.util.find_spec("droplab") is None:
@@ -73,7 +73,6 @@ if importlib.util.find_spec("droplab") is None:
                            "OWNER/NAME in this page's Colab address), then this cell again.")
     target = ["-e", book] if book else [f"droplab @ git+{url}"]
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", *target], check=True)
-    os.environ.setdefault("DROPLAB_DOWNLOAD", "1")
 
 # %%
 import matplotlib.pyplot as plt

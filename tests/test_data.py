@@ -28,7 +28,7 @@ def only_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("DROPLAB_DATA", str(tmp_path))
     monkeypatch.setattr(data, "REPO_DATA", tmp_path / "repo-data")
     monkeypatch.setattr(data, "SYSTEM_DIRS", ())
-    monkeypatch.delenv("DROPLAB_DOWNLOAD", raising=False)
+    monkeypatch.setenv("DROPLAB_OFFLINE", "1")
     return tmp_path
 
 
@@ -73,7 +73,7 @@ def test_missing_data_offline_names_the_files_and_how_to_get_them(only_folder):
         data.load("fashion-mnist", "train")
     message = str(err.value)
     assert "train-images-idx3-ubyte" in message and str(only_folder) in message
-    assert "apt-get install dataset-fashion-mnist" in message and "DROPLAB_DOWNLOAD" in message
+    assert "apt-get install dataset-fashion-mnist" in message and "DROPLAB_OFFLINE" in message
 
 
 def test_missing_cifar_says_where_to_put_the_archive(only_folder):
@@ -152,3 +152,22 @@ def test_class_split_says_which_class_is_missing() -> None:
         data.class_split(split, (0, 4))
     with pytest.raises(ValueError, match="twice"):
         data.class_split(split, (0, 0))
+
+
+@pytest.mark.parametrize("value, offline", [(None, False), ("", False), ("0", False), ("no", False), ("1", True),
+                                            ("true", True)])
+def test_data_is_downloaded_when_missing_unless_offline(monkeypatch, value, offline):
+    if value is None:
+        monkeypatch.delenv("DROPLAB_OFFLINE", raising=False)
+    else:
+        monkeypatch.setenv("DROPLAB_OFFLINE", value)
+    assert data.offline() is offline
+
+
+def test_missing_data_is_downloaded_by_default(only_folder, monkeypatch):
+    monkeypatch.delenv("DROPLAB_OFFLINE")
+    asked = []
+    monkeypatch.setattr(data, "_download", lambda ds: asked.append(ds.name))
+    with pytest.raises(data.DataNotFoundError):     # the stand-in download fetched nothing
+        data.load("fashion-mnist", "train")
+    assert asked == ["fashion-mnist"]

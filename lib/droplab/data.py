@@ -9,8 +9,9 @@ Where the files are looked for, in order:
 2. the repository's ``data/`` folder;
 3. system data-set folders (Debian's ``dataset-fashion-mnist`` installs
    ``/usr/share/datasets/fashion-mnist``);
-4. a torchvision download into ``data/``, only when allowed
-   (``download=True`` or ``DROPLAB_DOWNLOAD=1``).
+4. a torchvision download into ``data/`` (checksummed, with a progress bar) when the
+   files are nowhere else, unless the caller is offline: ``DROPLAB_OFFLINE=1`` (CI sets
+   it) or ``download=False`` never download.
 
 Every file is checked against its sha256 before it is parsed; a missing,
 truncated or corrupt file stops with a message that names it and says how to
@@ -83,7 +84,7 @@ def _cifar(n: int, classes: tuple[str, ...], sha256: str, megabytes: int) -> Dat
         files={archive: sha256},
         how_to_get=(
             f"Put {archive} ({megabytes} MB, from the CIFAR home page) in data/cifar{n}/ or in the "
-            f"folder named by DROPLAB_DATA, or allow a download with DROPLAB_DOWNLOAD=1."
+            f"folder named by DROPLAB_DATA, or let droplab download it (unset DROPLAB_OFFLINE)."
         ),
     )
 
@@ -103,8 +104,8 @@ DATASETS: dict[str, DatasetInfo] = {
         how_to_get=(
             "On Debian/Ubuntu: `sudo apt-get install dataset-fashion-mnist` (offline-friendly, "
             "installs /usr/share/datasets/fashion-mnist). Elsewhere: put the four *-ubyte.gz files "
-            "of Fashion-MNIST in data/fashion-mnist/ or in the folder named by DROPLAB_DATA, or allow "
-            "a download with DROPLAB_DOWNLOAD=1."
+            "of Fashion-MNIST in data/fashion-mnist/ or in the folder named by DROPLAB_DATA, or let "
+            "droplab download them (unset DROPLAB_OFFLINE)."
         ),
     ),
     "cifar10": _cifar(10, CIFAR10_CLASSES, "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce", 170),
@@ -241,6 +242,11 @@ def _read_split(name: str, split: str, fingerprint: tuple) -> Split:
     return Split(torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)))
 
 
+def offline() -> bool:
+    """Whether downloads are off: ``DROPLAB_OFFLINE`` set to anything but 0/false/no."""
+    return os.environ.get("DROPLAB_OFFLINE", "").strip().lower() not in ("", "0", "false", "no")
+
+
 def load(name: str, split: str = "train", *, download: bool | None = None) -> Split:
     """Load ``split`` (``"train"`` or ``"test"``) of data set ``name``.
 
@@ -251,7 +257,7 @@ def load(name: str, split: str = "train", *, download: bool | None = None) -> Sp
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r} for {name}; valid splits are {', '.join(SPLITS)}")
     if download is None:
-        download = os.environ.get("DROPLAB_DOWNLOAD", "") not in ("", "0", "false", "no")
+        download = not offline()
     if name == "synthetic":
         return synthetic(split)
     cached = _read_split(name, split, _fingerprint(_locate(info(name), bool(download))))
