@@ -259,3 +259,131 @@ def test_propositions_are_numbered_and_the_guide_links_them(html):
     guide = (html / "chapters" / "guide.html").read_text()
     assert 'href="04_head_placement.html#prop-5">Proposition 5</a>' in guide
     assert 'href="03_residual_placement.html#guideline-1">Guideline 1</a>' in guide
+
+
+def book_pdf_name() -> str:
+    """The PDF's file name: _config.yml's latex_documents targetname, .tex -> .pdf."""
+    latex = yaml.safe_load((ROOT / "_config.yml").read_text())["latex"]
+    return Path(latex["latex_documents"]["targetname"]).with_suffix(".pdf").name
+
+
+@pytest.fixture(scope="module")
+def pdf(request) -> Path:
+    """The book's PDF: the one named by DROPLAB_BOOK_PDF (.ci/run: the class-scale build's), else
+    built here at smoke scale from the smoke build's executed notebooks (Jupyter Book's pdflatex
+    builder, xelatex), where TeX Live and poppler are installed; skipped where they are not (not in CI)."""
+    given = os.environ.get("DROPLAB_BOOK_PDF")
+    if given:
+        path = Path(given) if Path(given).is_absolute() else ROOT / given
+        assert path.exists(), f"DROPLAB_BOOK_PDF={given} does not exist: build it as .ci/run does"
+        return path
+    missing = [tool for tool in ("xelatex", "latexmk", "pdftotext", "pdfimages") if shutil.which(tool) is None]
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing} missing; .ci/run installs TeX Live and poppler-utils")
+        pytest.skip(f"no PDF build here: {missing} not installed (Debian: texlive-xetex, latexmk, poppler-utils)")
+    request.getfixturevalue("html")  # the HTML build first: it executes (or finds cached) every notebook
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    env["DROPLAB_SCALE"] = "smoke"
+    jupyter_book = shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or "jupyter-book"
+    cmd = [jupyter_book, "build", str(ROOT), "--path-output", str(BUILD), "--builder", "pdflatex", "-W", "--keep-going"]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, f"the PDF build failed or warned:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return BUILD / "_build" / "latex" / book_pdf_name()
+
+
+def chapter_title(entry: str) -> str:
+    """A _toc.yml entry's title: the first level-1 heading of its notebook or page."""
+    py, md = ROOT / f"{entry}.py", ROOT / f"{entry}.md"
+    text = "\n".join(src for kind, src in cells(py) if kind == "markdown") if py.exists() else md.read_text()
+    title = next(line[2:] for line in text.splitlines() if line.startswith("# "))
+    return re.sub(r"[`*_]", "", title).strip()
+
+
+def pdf_pages(pdf: Path) -> list[str]:
+    """The PDF's text, one string a page, whitespace folded, typographic quotes made plain."""
+    text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    return [" ".join(page.replace("’", "'").split()) for page in text.split("\f")]
+
+
+@pytest.mark.book
+def test_pdf_has_every_chapter_typeset_math_figures_and_a_bibliography(pdf):
+    pages = pdf_pages(pdf)
+    text = " ".join(pages)
+    folded = text.casefold()
+    titles = {entry: chapter_title(entry) for entry in toc_files()}
+    missing = [title for title in titles.values() if title.casefold() not in folded]
+    assert not missing, f"chapter titles missing from the PDF: {missing}"
+
+    raw = [m for m in ("\\(", "\\)", "\\[", "\\]", "$$") if m in text]
+    raw += re.findall(r"\$\\\w+|\\(?:frac|mathrm|mathbf|mathbb|operatorname|text|sqrt|Delta|sigma|cdot|left|right)\b",
+                      text)
+    assert not raw, f"raw LaTeX math left in the PDF: {sorted(set(raw))[:10]}"
+    assert "𝑝" in text and "𝑞" in text, "no typeset math (unicode-math's italic p and q) in the PDF"
+
+    assert "Kim" in text and "how to use dropout correctly" in folded and "variance shift" in folded, \
+        "the bibliography is missing from the PDF"
+
+    # the page where each chapter starts ("CHAPTER ONE DROPOUT MECHANICS, ..."); the root page is the front matter
+    starts = {entry: next((i for i, page in enumerate(pages)
+                           if page.casefold().startswith("chapter") and title.casefold() in page[:300].casefold()), None)
+              for entry, title in titles.items() if entry != toc_files()[0]}
+    assert None not in starts.values(), f"no chapter opening page for {[e for e, i in starts.items() if i is None]}"
+    starts[toc_files()[0]] = 0
+    listing = subprocess.run(["pdfimages", "-list", str(pdf)], capture_output=True, text=True, check=True).stdout
+    image_pages = [int(line.split()[0]) - 1 for line in listing.splitlines()[2:] if line.split()[2] == "image"]
+    bounds = sorted(starts.values()) + [len(pages)]
+    for source in SOURCES:
+        entry = str(source.relative_to(ROOT).with_suffix(""))
+        first = starts[entry]
+        last = bounds[bounds.index(first) + 1]
+        assert any(first <= page < last for page in image_pages), \
+            f"{titles[entry]} (PDF pages {first + 1}-{last}) has no figure"
+
+    log = pdf.with_suffix(".log")
+    if log.exists():
+        latex_log = log.read_text(errors="replace")
+        assert "There were undefined references" not in latex_log, f"broken cross-references in the PDF: see {log}"
+        assert "Missing character" not in latex_log, f"characters the PDF's fonts lack: see {log}"
+
+
+def test_pdf_tables_are_latex_tables():
+    """A notebook's HTML table (a pandas Styler) becomes a real table in the PDF (_ext/latex_tables.py)."""
+    sys.path.insert(0, str(ROOT / "_ext"))
+    try:
+        from latex_tables import table_node
+    finally:
+        sys.path.remove(str(ROOT / "_ext"))
+    import pandas as pd
+
+    styler = pd.DataFrame({"config": ["P0", "P6"], "accuracy (%)": ["78.22 ± 1.76", "80.54 ± 1.04"]}) \
+        .style.hide(axis="index").set_caption("Table 1 &amp; more")
+    table = table_node(styler.to_html())
+    assert table is not None
+    assert table[0].astext() == "Table 1 & more"
+    assert [[entry.astext() for entry in row] for row in table.findall(lambda n: n.tagname == "row")] == \
+        [["config", "accuracy (%)"], ["P0", "78.22 ± 1.76"], ["P6", "80.54 ± 1.04"]]
+    assert table_node("<p>no table</p>") is None
+
+
+def test_check_budgets_names_the_chapter_over_budget(tmp_path):
+    """scripts/check_budgets.py (run by .ci/run after each build) reads myst-nb's execution times
+    from a build's jupyter-cache, keeps each chapter's newest record, and fails naming the slow one."""
+    from jupyter_cache import get_cache
+    from jupyter_cache.base import CacheBundleIn
+
+    cache = get_cache(str(tmp_path / "_build" / ".jupyter_cache"))
+    for i, source in enumerate(SOURCES):
+        for seconds in (500.0, 10.0 + i):  # an old slow record, then the newest one
+            nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(f"x = {seconds}  # {source.stem}")])
+            cache.cache_notebook_bundle(CacheBundleIn(nb, str(source), data={"execution_seconds": seconds}),
+                                        check_validity=False)
+    script = [sys.executable, str(ROOT / "scripts" / "check_budgets.py"), str(tmp_path)]
+    passed = subprocess.run([*script, "--scale", "smoke"], capture_output=True, text=True)
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert f"{SOURCES[0].stem}" in passed.stdout
+    slow = SOURCES[-1].stem
+    failed = subprocess.run([*script, "--scale", "smoke", "--budget", str(9.5 + len(SOURCES) - 1)],
+                            capture_output=True, text=True)
+    assert failed.returncode == 1 and f"FAILED: {slow} took {10 + len(SOURCES) - 1} s" in failed.stderr, failed.stderr
+    assert failed.stderr.count("FAILED") == 1
