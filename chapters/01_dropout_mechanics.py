@@ -52,6 +52,7 @@ import math
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -160,10 +161,12 @@ torch.manual_seed(D.mask_seed(2))
 theirs = nn.Dropout(p).train()(x)
 eq6 = D.expected_output_variance(1.0, 1.0, p)  # Kim et al. Eq. 6 with Var[x] = E[x] = 1
 
-print(f"{'':12} {'dropped':>8} {'mean':>8} {'variance':>9}")
-for name, y in (("droplab", ours), ("nn.Dropout", theirs)):
-    print(f"{name:12} {(y == 0).double().mean().item():8.4f} {y.mean().item():8.4f} {y.var().item():9.4f}")
-print(f"{'expected':12} {p:8.4f} {1.0:8.4f} {eq6:9.4f}   (p, E[x], Eq. 6)")
+metrics.styled(pd.DataFrame([{"": name, "dropped": f"{(y == 0).double().mean().item():.4f}",
+                              "mean": f"{y.mean().item():.4f}", "variance": f"{y.var().item():.4f}"}
+                             for name, y in (("droplab", ours), ("nn.Dropout", theirs))]
+                            + [{"": "expected (p, E[x], Eq. 6)", "dropped": f"{p:.4f}", "mean": f"{1.0:.4f}",
+                                "variance": f"{eq6:.4f}"}]),
+               f"droplab's dropout beside nn.Dropout (p = {p}, E[x] = Var[x] = 1)")
 
 # %% [markdown]
 # Check: both implementations drop a fraction $p$, keep the mean and have
@@ -235,10 +238,11 @@ rules = {
     "'scaled by the rate'": (D.dropout(x, p2, scaling="classic", generator=g), x * p2),
 }
 ratios = {name: test.mean().item() / train_out.mean().item() for name, (train_out, test) in rules.items()}
-print(f"p = {p2}, q = {q2}, E[x] = {x.mean().item():.4f}")
-print(f"{'rule':22} {'mean in training':>17} {'mean at inference':>18} {'inference / training':>21}")
-for name, (train_out, test) in rules.items():
-    print(f"{name:22} {train_out.mean().item():17.4f} {test.mean().item():18.4f} {ratios[name]:21.4f}")
+metrics.styled(pd.DataFrame([{"rule": name, "mean in training": f"{train_out.mean().item():.4f}",
+                              "mean at inference": f"{test.mean().item():.4f}",
+                              "inference / training": f"{ratios[name]:.4f}"}
+                             for name, (train_out, test) in rules.items()]),
+               f"Four scaling rules (p = {p2}, q = {q2}, E[x] = {x.mean().item():.4f})")
 
 # %% [markdown]
 # Check: the two correct rules keep the expected activation (ratio 1); the
@@ -299,12 +303,24 @@ for p_bug in tqdm(BUG_RATES, desc="forgotten scaling", disable=scale.current() =
     surgery.set_scaling(net, "classic")
     bug[p_bug] = dict(factor=factor, buggy=buggy, repaired=train.predict(net, test_set))
 
-print(f"{'p':>4} {'1/q':>6} {'measured':>9} {'loss buggy':>11} {'repaired':>9} "
-      f"{'acc buggy':>10} {'repaired':>9}")
-for p_bug, r in bug.items():
-    print(f"{p_bug:4.1f} {1 / (1 - p_bug):6.3f} {r['factor']:9.3f} {loss(r['buggy']):11.3f} "
-          f"{loss(r['repaired']):9.3f} {correct(r['buggy']).mean():10.4f} "
-          f"{correct(r['repaired']).mean():9.4f}")
+metrics.styled(pd.DataFrame([{"p": f"{p_bug:.1f}", "1/q": f"{1 / (1 - p_bug):.3f}",
+                              "measured factor": f"{r['factor']:.3f}", "test loss, buggy": f"{loss(r['buggy']):.3f}",
+                              "test loss, repaired": f"{loss(r['repaired']):.3f}",
+                              "accuracy, buggy": f"{correct(r['buggy']).mean():.4f}",
+                              "accuracy, repaired": f"{correct(r['repaired']).mean():.4f}"}
+                             for p_bug, r in bug.items()]),
+               "A forgotten scaling: the factor at the first dropout layer, and the test loss and accuracy")
+
+# %%
+ce = {p_bug: {k: F.cross_entropy(r[k], y_test, reduction="none") for k in ("buggy", "repaired")}
+      for p_bug, r in bug.items()}
+extra_loss = {p_bug: metrics.mean_se(c["buggy"] - c["repaired"]) for p_bug, c in ce.items()}  # per image, paired
+acc_lost = {p_bug: metrics.mean_se(correct(r["repaired"]) - correct(r["buggy"])) for p_bug, r in bug.items()}
+metrics.styled(pd.DataFrame([{"p": f"{p_bug:.1f}", "extra test loss": f"{extra_loss[p_bug][0]:+.3f}",
+                              "SE": f"{extra_loss[p_bug][1]:.3f}",
+                              "accuracy lost (points)": f"{100 * acc_lost[p_bug][0]:+.2f}",
+                              "SE (points)": f"{100 * acc_lost[p_bug][1]:.2f}"} for p_bug in BUG_RATES]),
+               "What the forgotten scaling costs per test image: buggy minus repaired, with standard errors")
 
 # %% [markdown]
 # The activations are off by $1/q$, as predicted. What follows is subtler
@@ -327,16 +343,8 @@ for p_bug, r in bug.items():
 # standard errors.
 
 # %%
-mean_se = lambda d: (d.mean().item(), d.std().item() / math.sqrt(len(d)))  # mean and its standard error
 for p_bug, r in bug.items():
     assert abs(r["factor"] * (1 - p_bug) - 1) < 0.03, (p_bug, r["factor"])
-ce = {p_bug: {k: F.cross_entropy(r[k], y_test, reduction="none") for k in ("buggy", "repaired")}
-      for p_bug, r in bug.items()}
-extra_loss = {p_bug: mean_se(c["buggy"] - c["repaired"]) for p_bug, c in ce.items()}  # per image, paired
-acc_lost = {p_bug: mean_se(correct(r["repaired"]) - correct(r["buggy"])) for p_bug, r in bug.items()}
-for p_bug in BUG_RATES:
-    print(f"p = {p_bug}: extra loss {extra_loss[p_bug][0]:+.3f} (SE {extra_loss[p_bug][1]:.3f}), "
-          f"accuracy lost {100 * acc_lost[p_bug][0]:+.2f} points (SE {100 * acc_lost[p_bug][1]:.2f})")
 assert extra_loss[0.5][0] > 5 * extra_loss[0.5][1]
 if scale.current() != "smoke":  # only p = 0.5 is trained at smoke scale
     assert all(m > 5 * se for m, se in extra_loss.values()), extra_loss
@@ -451,13 +459,11 @@ runs = {key: dict(model=net, history=hist, train_acc=train.evaluate(net, train_s
 summary = {p_: {k: metrics.mean_ci95([runs[p_, s][k] for s in range(SEEDS)]) for k in ("train_acc", "test_acc")}
            for p_ in RATES}
 gaps = {p_: [runs[p_, s]["train_acc"] - runs[p_, s]["test_acc"] for s in range(SEEDS)] for p_ in RATES}
-print(f"{'p':>4} {'train acc (eval mode)':>22} {'test acc':>16} {'gap':>16}"
-      f"   ({SEEDS} seeds, mean ± 95% CI)")
-for p_ in RATES:
-    (tr, tr_ci), (te, te_ci) = summary[p_]["train_acc"], summary[p_]["test_acc"]
-    gm, gci = metrics.mean_ci95(gaps[p_])
-    print(f"{p_:4.1f} {100 * tr:14.2f} ± {100 * tr_ci:4.2f} {100 * te:8.2f} ± {100 * te_ci:4.2f} "
-          f"{100 * gm:8.2f} ± {100 * gci:4.2f}")
+metrics.styled(pd.DataFrame([{"p": f"{p_:.1f}",
+                              "train accuracy, eval mode (%)": metrics.pm(*summary[p_]["train_acc"]),
+                              "test accuracy (%)": metrics.pm(*summary[p_]["test_acc"]),
+                              "gap (points)": metrics.pm(*metrics.mean_ci95(gaps[p_]))} for p_ in RATES]),
+               f"Accuracy and generalization gap by drop rate ({SEEDS} seeds, mean ± 95 % CI)")
 
 # %% [markdown]
 # The curves below average the seeds. The training accuracy that `fit` logs
@@ -553,9 +559,11 @@ T_GRID = [t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500) if t <= T_MAX]
 gap_T = {name: [(mc_logits[name][:t].mean(0) - ws_logits[name]).abs().mean().item() for t in T_GRID]
          for name in ens}
 noise_only = {name: math.sqrt(2 / math.pi) * mc_logits[name].std(0).mean().item() for name in ens}
-for name in ens:
-    print(f"{name:30} " + "  ".join(f"T={t}: {g:.3f} (noise {noise_only[name] / math.sqrt(t):.3f})"
-                                    for t, g in zip(T_GRID, gap_T[name]) if t in (1, 10, T_GRID[-1])))
+metrics.styled(pd.DataFrame([{"dropout": name,
+                              **{f"T = {t}": f"{g:.3f} (noise {noise_only[name] / math.sqrt(t):.3f})"
+                                 for t, g in zip(T_GRID, gap_T[name]) if t in (1, 10, T_GRID[-1])}}
+                             for name in ens]),
+               "Mean |MC average of T passes − weight scaling| of the logits, beside the sampling noise alone")
 
 # %%
 with plots.style():
@@ -589,18 +597,21 @@ assert gap_T[name_approx][-1] > 1.25 * noise_only[name_approx] / math.sqrt(T_GRI
 # %%
 probs_approx = F.softmax(mc_logits[name_approx], dim=-1)
 ws_correct = correct(ws_logits[name_approx], y_ens)
-print(f"weight scaling: test accuracy {100 * ws_correct.mean():.2f}%")
-for t in sorted({1, 10, T_MAX}):
-    mc_mean = probs_approx[:t].mean(0)
-    agree = (mc_mean.argmax(1) == ws_logits[name_approx].argmax(1)).float().mean().item()
-    print(f"MC average of T = {t:3d}: test accuracy {100 * correct(mc_mean, y_ens).mean():.2f}%, "
-          f"same class as weight scaling on {100 * agree:.1f}% of the images")
 single_correct = torch.stack([correct(probs_approx[t], y_ens) for t in range(T_MAX)]).mean(0)  # per image
-print(f"one sampled sub-network, averaged over the {T_MAX} passes: "
-      f"test accuracy {100 * single_correct.mean():.2f}%")
 mc_correct = correct(probs_approx.mean(0), y_ens)
-acc_diff = mean_se(mc_correct - ws_correct)
-single_cost = mean_se(ws_correct - single_correct)
+acc_diff = metrics.mean_se(mc_correct - ws_correct)
+single_cost = metrics.mean_se(ws_correct - single_correct)
+mc_means = {t: probs_approx[:t].mean(0) for t in sorted({1, 10, T_MAX})}
+ws_class = ws_logits[name_approx].argmax(1)
+metrics.styled(pd.DataFrame(
+    [{"prediction": "weight scaling", "test accuracy (%)": f"{100 * ws_correct.mean():.2f}",
+      "same class as weight scaling (%)": ""}]
+    + [{"prediction": f"MC average of T = {t}", "test accuracy (%)": f"{100 * correct(m, y_ens).mean():.2f}",
+        "same class as weight scaling (%)": f"{100 * (m.argmax(1) == ws_class).float().mean().item():.1f}"}
+       for t, m in mc_means.items()]
+    + [{"prediction": f"one sampled sub-network (averaged over the {T_MAX} passes)",
+        "test accuracy (%)": f"{100 * single_correct.mean():.2f}", "same class as weight scaling (%)": ""}]),
+    f"Dropout in every hidden layer: weight scaling against MC averages ({N_ENS} test images)")
 
 # %% [markdown]
 # A single sampled sub-network is less accurate than the full network; the
@@ -657,13 +668,13 @@ for name, images in inputs.items():
     entropy[name] = dict(mc=D.predictive_entropy(samples.mean(0)), mi=D.mutual_information(samples),
                          det=D.predictive_entropy(F.softmax(train.predict(mc_model, (images, test_set.labels)),
                                                             -1)))
-auroc = lambda inside, outside: (outside[:, None] > inside[None, :]).float().mean().item()  # P(H_out > H_in)
-print(f"{'input':16} {'MC entropy':>11} {'mutual inf.':>12} {'eval-mode entropy':>18} "
-      f"{'AUROC vs test (MC)':>19}")
-for name, e in entropy.items():
-    print(f"{name:16} {e['mc'].mean():11.3f} {e['mi'].mean():12.3f} {e['det'].mean():18.3f} "
-          f"{auroc(entropy['test images']['mc'], e['mc']):19.3f}")
 print(f"maximum possible entropy: log 10 = {math.log(10):.3f} nats")
+metrics.styled(pd.DataFrame([{"input": name, "MC entropy": f"{e['mc'].mean():.3f}",
+                              "mutual information": f"{e['mi'].mean():.3f}",
+                              "eval-mode entropy": f"{e['det'].mean():.3f}",
+                              "AUROC vs test (MC)": f"{metrics.auroc(entropy['test images']['mc'], e['mc']):.3f}"}
+                             for name, e in entropy.items()]),
+               f"Mean entropies (nats) of the p = 0.5 MLP, T = {T_MC}; AUROC: P(input's MC entropy > a test image's)")
 
 # %%
 with plots.style():
@@ -696,7 +707,7 @@ for name, e in entropy.items():
     base = entropy["test images"]["mc"]
     se = math.sqrt(e["mc"].var().item() / len(e["mc"]) + base.var().item() / len(base))
     assert e["mc"].mean().item() - base.mean().item() > 5 * se, name
-    assert auroc(base, e["mc"]) > 0.6, name
+    assert metrics.auroc(base, e["mc"]) > 0.6, name
 
 # %% [markdown]
 # ### The BN trap: `model.train()` switches more than dropout
@@ -770,8 +781,8 @@ print(f"D.enable_dropout:  test accuracy {100 * right_alone.mean():.2f}% alone, 
 # %%
 assert all(v > 1e-3 for v in moved.values()), moved
 assert unchanged
-deploy_cost = mean_se(deployed_right - deployed_trapped)
-trap_cost, right_cost = mean_se(trap_alone - trap_mixed), mean_se(right_alone - right_mixed)
+deploy_cost = metrics.mean_se(deployed_right - deployed_trapped)
+trap_cost, right_cost = metrics.mean_se(trap_alone - trap_mixed), metrics.mean_se(right_alone - right_mixed)
 print(f"accuracy lost by the corrupted running statistics: {100 * deploy_cost[0]:.2f} points "
       f"(SE {100 * deploy_cost[1]:.2f})")
 print(f"accuracy lost by mixing: model.train() {100 * trap_cost[0]:.2f} points (SE {100 * trap_cost[1]:.2f}), "
@@ -875,9 +886,11 @@ g_rec = torch.Generator().manual_seed(D.mask_seed(7))
 recovery = {kind: [probes.neighbour_recovery(fmap, p_, spatial=(kind == "spatial"), generator=g_rec)
                    for p_ in P_SWEEP]
             for kind in ("element", "spatial")}
-for kind, rows_ in recovery.items():
-    print(f"{kind:8} lost: " + "  ".join(f"p={p_}: {r['unrecoverable']:.3f}" for p_, r in zip(P_SWEEP, rows_))
-          + f"   share of the dropped variance read back at p = 0.3: {rows_[2]['recovered']:.3f}")
+metrics.styled(pd.DataFrame([{"dropout": kind,
+                              **{f"lost at p = {p_}": f"{r['unrecoverable']:.3f}" for p_, r in zip(P_SWEEP, rows_)},
+                              "dropped variance read back at p = 0.3": f"{rows_[2]['recovered']:.3f}"}
+                             for kind, rows_ in recovery.items()]),
+               "Variance of the feature map lost to dropout (fraction), after reading the neighbours back")
 
 # %%
 with plots.style():
@@ -926,7 +939,7 @@ forgot.eval()
 flipped = (calls[0].argmax(1) != calls[1].argmax(1)).float().mean().item()
 eval_correct = correct(train.predict(forgot, test_set))
 train_mode_correct = torch.stack([correct(out) for out in calls]).mean(0)  # per image, over the ten calls
-forgot_cost = mean_se(eval_correct - train_mode_correct)
+forgot_cost = metrics.mean_se(eval_correct - train_mode_correct)
 print(f"two calls in training mode disagree on {100 * flipped:.1f}% of the test images")
 print(f"test accuracy: {100 * eval_correct.mean():.2f}% in eval mode, {100 * train_mode_correct.mean():.2f}% "
       f"in training mode ({100 * forgot_cost[0]:.2f} points, SE {100 * forgot_cost[1]:.2f})")
@@ -978,15 +991,16 @@ by_batch = {bs: dict(
     trap=correct(D.mc_predict_train_mode(bn_model, x_small, T_SMALL, batch_size=bs, seed=5).mean(0), y_small),
     right=correct(D.mc_predict(bn_model, x_small, T_SMALL, batch_size=bs, seed=5).mean(0), y_small))
     for bs in BATCHES}
-print(f"{'batch size':>10} {'model.train()':>14} {'enable_dropout':>15}")
-for bs, r in by_batch.items():
-    print(f"{bs:10d} {100 * r['trap'].mean():13.2f}% {100 * r['right'].mean():14.2f}%")
 try:
     D.mc_predict_train_mode(bn_model, x_test[:4], T=1, batch_size=1)
     batch_of_one = None
 except ValueError as exc:
     batch_of_one = exc
 print(f"batch size 1 with model.train(): {type(batch_of_one).__name__}: {batch_of_one}")
+metrics.styled(pd.DataFrame([{"batch size": bs, "model.train() (%)": f"{100 * r['trap'].mean():.2f}",
+                              "enable_dropout (%)": f"{100 * r['right'].mean():.2f}"}
+                             for bs, r in by_batch.items()]),
+               f"MC dropout of the BN network in small batches: test accuracy ({N_SMALL} images, T = {T_SMALL})")
 
 # %% [markdown]
 # With two samples per batch, BN maps every feature to $\pm 1$ (each sample
@@ -999,10 +1013,10 @@ print(f"batch size 1 with model.train(): {type(batch_of_one).__name__}: {batch_o
 # half a point); a batch of one raises an error.
 
 # %%
-small_cost = mean_se(by_batch[2]["right"] - by_batch[2]["trap"])
+small_cost = metrics.mean_se(by_batch[2]["right"] - by_batch[2]["trap"])
 print(f"accuracy lost at batch size 2: {100 * small_cost[0]:.2f} points (SE {100 * small_cost[1]:.2f})")
 assert small_cost[0] > 5 * small_cost[1], small_cost
-right_spread = mean_se(by_batch[2]["right"] - by_batch[256]["right"])
+right_spread = metrics.mean_se(by_batch[2]["right"] - by_batch[256]["right"])
 assert abs(right_spread[0]) < 5 * right_spread[1] + 0.005, right_spread
 assert isinstance(batch_of_one, ValueError)
 
@@ -1042,7 +1056,7 @@ with torch.no_grad():
     del net.p
 print(f"applied drop rate: {rate_before:.3f} before, {rate_attr:.3f} after `net.p = 0.1`, "
       f"{rate_layers:.3f} after setting p on each dropout layer")
-jump = mean_se(acc_after - acc_before)  # per training image, averaged over ten training-mode passes
+jump = metrics.mean_se(acc_after - acc_before)  # per training image, averaged over ten training-mode passes
 print(f"training-mode accuracy on the training images: {100 * acc_before.mean():.2f}% at p = 0.5, "
       f"{100 * acc_after.mean():.2f}% at p = 0.1 (jump {100 * jump[0]:.2f} points, SE {100 * jump[1]:.2f})")
 print(f"eval-mode logits identical at both rates: {torch.equal(logits_before, logits_after)}")

@@ -61,6 +61,7 @@ import itertools
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -256,9 +257,9 @@ print(f"Var of BN output at test if BN used batch statistics: {out_test_batch_st
 # so we use the kurtosis measured on the sample itself.
 
 # %%
-kurtosis = lambda t: (((t - t.mean()) ** 4).mean() / t.var() ** 2).item()  # noqa: E731
-se_train = 10 * ((kurtosis(h_train) - 1) / n_example) ** 0.5
-se_ratio = 0.2 * (((kurtosis(h_train) - 1) / n_example) ** 0.5 + (2 / n_example) ** 0.5)
+kappa = (((h_train - h_train.mean()) ** 4).mean() / h_train.var() ** 2).item()  # kurtosis of the dropout output
+se_train = 10 * ((kappa - 1) / n_example) ** 0.5
+se_ratio = 0.2 * (((kappa - 1) / n_example) ** 0.5 + (2 / n_example) ** 0.5)
 assert abs(h_train.var().item() - 10) < 5 * se_train
 assert abs(out_train.var().item() - 1) < 1e-3
 assert abs(out_test.var().item() - 0.2) < 5 * se_ratio
@@ -342,8 +343,9 @@ eq6_alone = {key: np.array([variance.dropout_ratio(s.input_var, s.input_mean, p)
              for key, layers in shifts.items()}
 by_seed = lambda table, name: np.array([table[name, s] for s in seeds])  # noqa: E731  (seeds x layers)
 depth = np.arange(1, len(shifts[next(iter(shifts))]) + 1)
-for name in placements:
-    print(f"{name:32s} ratio by BN depth (mean over seeds): {np.round(by_seed(ratio, name).mean(0), 3)}")
+metrics.styled(pd.DataFrame([{"network": name, **{f"BN{d}": f"{r:.3f}" for d, r in zip(depth, by_seed(ratio, name).mean(0))}}
+                             for name in placements]),
+               f"Test variance / running variance of every BN layer, by depth (mean over {len(seeds)} seeds)")
 
 # %% [markdown]
 # In the network with dropout before every BN, the first BN layer is shifted
@@ -363,14 +365,15 @@ for name in placements:
 fig, ax = plots.figure("Dropout before every BN: the variance shift compounds with depth",
                        "BN layer (depth in the network)", "test variance / running variance")
 before, last = "dropout before every BN", "dropout after the last BN"
-ci = lambda a: np.array([metrics.mean_ci95(list(col))[1] for col in a.T])  # noqa: E731  (95% CI over seeds)
 product_model = np.cumprod(by_seed(eq6_alone, before), axis=1).mean(0)
 plots.measured_vs_analytic(ax, depth, by_seed(ratio, before).mean(0), None,
-                           label=before, err=ci(by_seed(ratio, before)), color=plots.PALETTE[0])
+                           label=before, err=[metrics.mean_ci95(list(col))[1] for col in by_seed(ratio, before).T],
+                           color=plots.PALETTE[0])
 ax.plot(depth, product_model, "-", color=plots.PALETTE[0], label="product of the Eq. 6 factors up to each layer")
 ax.plot(depth, by_seed(eq6_alone, before).mean(0), ":", color=plots.PALETTE[0], label="Eq. 6 of each layer's dropout alone")
 plots.measured_vs_analytic(ax, depth, by_seed(ratio, last).mean(0), np.ones(len(depth)),
-                           label=last, err=ci(by_seed(ratio, last)), color=plots.PALETTE[1])
+                           label=last, err=[metrics.mean_ci95(list(col))[1] for col in by_seed(ratio, last).T],
+                           color=plots.PALETTE[1])
 ax.set_ylim(0, 1.2)
 ax.legend(fontsize=8)
 plt.show()
@@ -405,12 +408,13 @@ else:
 # mean and 95% confidence interval over seeds:
 
 # %%
-for name in placements:
-    mean, half = metrics.mean_ci95(list(by_seed(accuracy, name)))
-    print(f"{name:32s} test accuracy {100 * mean:5.1f} ± {100 * half:4.1f} %   (seeds: {np.round(100 * by_seed(accuracy, name), 1)})")
 gap = by_seed(accuracy, last) - by_seed(accuracy, before)
 gap_mean, gap_ci = metrics.mean_ci95(list(gap))
-print(f"after the last BN minus before every BN: {100 * gap_mean:.1f} ± {100 * gap_ci:.1f} points")
+print(f"after the last BN minus before every BN: {metrics.pm(gap_mean, gap_ci, digits=1)} points")
+metrics.styled(pd.DataFrame([{"network": name, "test accuracy (%)": metrics.pm(*metrics.mean_ci95(list(by_seed(accuracy, name))), digits=1),
+                              "per seed (%)": ", ".join(f"{100 * a:.1f}" for a in by_seed(accuracy, name))}
+                             for name in placements]),
+               f"Test accuracy (mean ± 95 % CI over {len(seeds)} seeds)")
 
 # %% [markdown]
 # Of the two networks Li et al. compare, the one with dropout before every BN
@@ -455,8 +459,9 @@ recalibrated = {key: train.recalibrate_bn(copy.deepcopy(net), train_set, batch_s
                 for key, net in nets.items()}
 accuracy_recal = {key: train.evaluate(net, test_set)[1] for key, net in recalibrated.items()}
 ratio_recal = {key: np.array([s.ratio for s in probes.bn_variance_shift(net, x_test)]) for key, net in recalibrated.items()}
-for name in placements:
-    print(f"{name:32s} ratio by depth after recalibration: {np.round(by_seed(ratio_recal, name).mean(0), 3)}")
+metrics.styled(pd.DataFrame([{"network": name, **{f"BN{d}": f"{r:.3f}" for d, r in zip(depth, by_seed(ratio_recal, name).mean(0))}}
+                             for name in placements]),
+               f"After recalibration: test variance / running variance by depth (mean over {len(seeds)} seeds)")
 
 # %% [markdown]
 # After recalibration every BN layer of every network sees, at test time, the
@@ -473,14 +478,12 @@ assert worst_recal < 0.05
 # And the accuracy, before and after, with the gain per seed:
 
 # %%
-gain = {}
-for name in placements:
-    gain[name] = by_seed(accuracy_recal, name) - by_seed(accuracy, name)
-    before_m, before_ci = metrics.mean_ci95(list(by_seed(accuracy, name)))
-    after_m, after_ci = metrics.mean_ci95(list(by_seed(accuracy_recal, name)))
-    gain_m, gain_ci = metrics.mean_ci95(list(gain[name]))
-    print(f"{name:32s} {100 * before_m:5.1f} ± {100 * before_ci:4.1f} %  ->  {100 * after_m:5.1f} ± {100 * after_ci:4.1f} %"
-          f"   gain {100 * gain_m:+5.1f} ± {100 * gain_ci:4.1f} points")
+gain = {name: by_seed(accuracy_recal, name) - by_seed(accuracy, name) for name in placements}
+metrics.styled(pd.DataFrame([{"network": name, "as trained (%)": metrics.pm(*metrics.mean_ci95(list(by_seed(accuracy, name))), digits=1),
+                              "recalibrated (%)": metrics.pm(*metrics.mean_ci95(list(by_seed(accuracy_recal, name))), digits=1),
+                              "gain (points)": metrics.pm(*metrics.mean_ci95(list(gain[name])), digits=1, signed=True)}
+                             for name in placements]),
+               f"Test accuracy before and after recalibrating BN (mean ± 95 % CI over {len(seeds)} seeds)")
 
 # %%
 fig, ax = plots.figure("Recalibrating BN recovers what the variance shift cost",
@@ -513,8 +516,8 @@ plt.show()
 g_before = metrics.mean_ci95(list(gain[before]))
 g_last = metrics.mean_ci95(list(gain[last]))
 gap_left = by_seed(accuracy, last).mean() - by_seed(accuracy_recal, before).mean()
-print(f"gain, dropout before every BN: {100 * g_before[0]:+.1f} ± {100 * g_before[1]:.1f} points;"
-      f" dropout after the last BN: {100 * g_last[0]:+.1f} ± {100 * g_last[1]:.1f} points")
+print(f"gain, dropout before every BN: {metrics.pm(*g_before, digits=1, signed=True)} points;"
+      f" dropout after the last BN: {metrics.pm(*g_last, digits=1, signed=True)} points")
 print(f"gap to dropout after the last BN: {100 * gap_mean:.1f} points as trained, {100 * gap_left:.1f} after recalibration")
 if scale.current() != "smoke":
     assert np.all(gain[before] > 0) and g_before[0] > 0.05, "recalibration raises the accuracy of the shifted network"
@@ -564,10 +567,11 @@ for p_drop in (0.05, 0.1, 0.2):
     for kind, layer in layers.items():
         per_block = [variance.inconsistency_ratio(layer, xb, seed=k) for k, xb in enumerate(x_u.chunk(blocks))]
         matched[p_drop, kind] = (np.mean(per_block), np.std(per_block, ddof=1) / np.sqrt(blocks))
-for p_drop in (0.05, 0.1, 0.2):
-    print(f"p = {p_drop}: dropout Δ = {matched[p_drop, 'dropout'][0]:.4f}, uniform noise with β = "
-          f"{dropout.matched_beta(p_drop):.3f}: Δ = {matched[p_drop, 'uniform'][0]:.4f}, "
-          f"formula {variance.dropout_ratio(1.0, 1.0, p_drop):.4f}")
+metrics.styled(pd.DataFrame([{"p": f"{p_drop:g}", "dropout Δ": f"{matched[p_drop, 'dropout'][0]:.4f}",
+                              "matched β": f"{dropout.matched_beta(p_drop):.3f}",
+                              "uniform noise Δ": f"{matched[p_drop, 'uniform'][0]:.4f}",
+                              "formula": f"{variance.dropout_ratio(1.0, 1.0, p_drop):.4f}"} for p_drop in (0.05, 0.1, 0.2)]),
+               "Dropout and uniform noise of the same variance (E[x] = 1, Var[x] = 1)")
 
 # %%
 fig, ax = plots.figure("Uniform noise: Δ is set by the noise variance alone",
@@ -656,8 +660,9 @@ batch_w = scale.pick(smoke=4_000, class_=10_000, paper=50_000)
 weight_means = [0.0, 0.02, 0.05]
 width_delta = {(mw, n): inconsistency.pre_post_dropout_ratio(n, mw, p=0.5, batch=batch_w, position="pre", seed=0)
                for mw in weight_means for n in widths_w}
-for mw in weight_means:
-    print(f"E[W] = {mw:4}: Δ by width {widths_w}: {np.round([width_delta[mw, n] for n in widths_w], 3)}")
+metrics.styled(pd.DataFrame([{"E[W]": f"{mw:g}", **{f"n = {n}": f"{width_delta[mw, n]:.3f}" for n in widths_w}}
+                             for mw in weight_means]),
+               "Δ of the PreDropout module test by width n (p = 0.5)")
 
 # %%
 fig, ax = plots.figure("Width reduces the shift only for weights with a nonzero mean",
@@ -794,8 +799,9 @@ with torch.no_grad():
     out_ex = bn_ex.eval()(h_ex)
 print(f"mean {mu_ex:.3f}; train variance {h_ex_train.var().item():.3f}; BN output variance at test {out_ex.var().item():.4f}")
 # the test output variance is Var_test / Var_train = 2 / 10 whatever p is; 5 standard errors as above
-assert abs(h_ex_train.var().item() - 10) < 5 * 10 * ((kurtosis(h_ex_train) - 1) / n_example) ** 0.5
-assert abs(out_ex.var().item() - 0.2) < 5 * 0.2 * (((kurtosis(h_ex_train) - 1) / n_example) ** 0.5 + (2 / n_example) ** 0.5)
+kappa_ex = (((h_ex_train - h_ex_train.mean()) ** 4).mean() / h_ex_train.var() ** 2).item()  # kurtosis
+assert abs(h_ex_train.var().item() - 10) < 5 * 10 * ((kappa_ex - 1) / n_example) ** 0.5
+assert abs(out_ex.var().item() - 0.2) < 5 * 0.2 * (((kappa_ex - 1) / n_example) ** 0.5 + (2 / n_example) ** 0.5)
 
 # %% [markdown]
 # ```{solution-end}

@@ -44,7 +44,7 @@
 # The verdicts and the numbers beside them belong to the scale the page was
 # built at (see the printout of the first code cell): tiny networks on a few
 # thousand Fashion-MNIST images {cite:p}`xiao2017fashion`, a few seeds. The
-# last cell prints the same table from the notebook's own variables.
+# last cells show the same table from the notebook's own variables.
 # Several claims are examined in depth elsewhere in the book (chapter 1 for
 # the scaling rule, chapter 2 for BN, chapters 3 and 4 for positions in
 # residual blocks and heads); here each gets only the smallest experiment
@@ -111,6 +111,7 @@ import re
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -120,7 +121,7 @@ from droplab import dropout as D
 
 try:
     from myst_nb import glue  # records the verdicts for the table at the top of the book page
-except ImportError:  # without myst-nb nothing is recorded; the last cells print the table instead
+except ImportError:  # without myst-nb nothing is recorded; the last cells show the table instead
     glue = lambda name, value, display=False: None  # noqa: E731
 
 # The networks are tiny: one thread avoids the cost of thread oversubscription
@@ -150,10 +151,6 @@ MLP_RECIPE = dict(batch_size=32, lr=0.05, augment=False, weight_decay=0.0)
 full_train, full_test = data.load("fashion-mnist", "train"), data.load("fashion-mnist", "test")
 train_set = data.subset(full_train, N_TRAIN, seed=0)
 test_set = data.subset(full_test, N_TEST, seed=1)
-# mean ± 95% CI half-width over seeds, in %; one seed gives no interval
-pm = lambda values: (lambda m, c: f"{100 * m:6.2f} ± {100 * c:5.2f}" if math.isfinite(c) else f"{100 * m:6.2f} (1 seed)")(*metrics.mean_ci95(values))  # noqa: E731
-# a (mean, half-width) pair as text, e.g. a paired difference in points (k = 100) or in epochs (k = 1)
-pmd = lambda d, digits=2, k=100: f"{k * d[0]:+.{digits}f} ± {k * d[1]:.{digits}f}" if math.isfinite(d[1]) else f"{k * d[0]:+.{digits}f} (1 seed)"  # noqa: E731
 
 
 def judge(a, b, claimed_sign, unit=" points", k=100):
@@ -193,9 +190,9 @@ factors = {
     "classic rule": (D.dropout(x1, p1, training=False, scaling="classic") / x1).mean().item(),
 }
 print(f"p = {p1}: mean of x = {x1.mean().item():.4f}, mean of dropout(x) in training = {train_mean:.4f}")
-for rule, f in factors.items():
-    print(f"{rule:24} multiplies by {f:.4f} at inference")
 print(f"'scaled by the rate' would multiply by p = {p1}: the test-time mean would be {p1 / (1 - p1):.2f} times the training mean")
+metrics.styled(pd.DataFrame([{"rule": rule, "factor at inference": f"{f:.4f}"} for rule, f in factors.items()]),
+               f"What each rule multiplies by at inference (p = {p1})")
 
 # %% [markdown]
 # PyTorch multiplies by nothing at inference: the division by $q$ happens
@@ -245,7 +242,7 @@ assert verdict_1 == "contradicts"  # robust: an exact property of the two rules
 # | end | once, after the last BN–ReLU, before GAP (Kim et al.'s H4) | no |
 # | after GAP | once, after the last pooling layer, before the FC layer (H5) | no |
 #
-# plus "end" and "after GAP" at a higher rate for claim 5. The printout shows
+# plus "end" and "after GAP" at a higher rate for claim 5. The table shows
 # each network's layers in execution order.
 
 # %%
@@ -259,10 +256,12 @@ CNN_CONFIGS = {
     f"after GAP p={P_HIGH}": lambda: surgery.insert_dropout(models.CNN(widths=WIDTHS), nn.Flatten, P_HIGH),
 }
 short = {"Conv2d": "Conv", "BatchNorm2d": "BN", "MaxPool2d": "Pool", "AdaptiveAvgPool2d": "GAP", "Linear": "FC"}
-for name, build in CNN_CONFIGS.items():
-    net = build()
-    layers = [short.get(type(m).__name__, type(m).__name__) for m in [*net.features, *net.head]]
-    print(f"{name:18}", " ".join(f"[{s}]" if s == "Dropout" else s for s in layers if s != "Flatten"))
+layer_names = {name: [short.get(type(m).__name__, type(m).__name__) for m in [*net.features, *net.head]]
+               for name, net in {name: build() for name, build in CNN_CONFIGS.items()}.items()}
+metrics.styled(pd.DataFrame([{"dropout at": name, "layers": " ".join(f"[{s}]" if s == "Dropout" else s
+                                                                     for s in layers if s != "Flatten")}
+                             for name, layers in layer_names.items()]),
+               "The shared CNN: its layers in execution order, dropout in brackets")
 
 # %%
 # claim 7 reads the learning curves of "none" and "end"; the others are evaluated once, at the end
@@ -272,9 +271,10 @@ cnn_runs = train.fit_each(CNN_CONFIGS, train_set, test_set, cnn_recipes, SEEDS, 
                           desc="CNN trainings")  # (config, seed) -> (trained model, history)
 cnn_acc = {name: [cnn_runs[name, s][1].final_test_acc for s in SEEDS] for name in CNN_CONFIGS}
 cnn_train_acc = {name: [cnn_runs[name, s][1].train_acc[-1] for s in SEEDS] for name in CNN_CONFIGS}
-print(f"{'CNN, dropout at':22} {'test accuracy, %':>17} {'train accuracy, %':>19}")
-for name in CNN_CONFIGS:
-    print(f"{name:22} {pm(cnn_acc[name]):>17} {pm(cnn_train_acc[name]):>19}")
+metrics.styled(pd.DataFrame([{"CNN, dropout at": name, "test accuracy (%)": metrics.pm(*metrics.mean_ci95(cnn_acc[name])),
+                              "train accuracy (%)": metrics.pm(*metrics.mean_ci95(cnn_train_acc[name]))}
+                             for name in CNN_CONFIGS]),
+               f"The shared CNN trainings (mean ± 95 % CI over the seeds)")
 
 # %% [markdown]
 # The second shared set is a plain multilayer perceptron without BN
@@ -294,9 +294,10 @@ mlp_runs = train.fit_each(MLP_CONFIGS, train_set, test_set, MLP_EPOCHS, SEEDS, p
                           desc="MLP trainings", **MLP_RECIPE)
 mlp_acc = {name: [mlp_runs[name, s][1].final_test_acc for s in SEEDS] for name in MLP_CONFIGS}
 mlp_train_acc = {name: [mlp_runs[name, s][1].train_acc[-1] for s in SEEDS] for name in MLP_CONFIGS}
-print(f"{'MLP, dropout at':22} {'test accuracy, %':>17} {'train accuracy, %':>19}")
-for name in MLP_CONFIGS:
-    print(f"{name:22} {pm(mlp_acc[name]):>17} {pm(mlp_train_acc[name]):>19}")
+metrics.styled(pd.DataFrame([{"MLP, dropout at": name, "test accuracy (%)": metrics.pm(*metrics.mean_ci95(mlp_acc[name])),
+                              "train accuracy (%)": metrics.pm(*metrics.mean_ci95(mlp_train_acc[name]))}
+                             for name in MLP_CONFIGS]),
+               f"The shared MLP trainings (mean ± 95 % CI over the seeds)")
 
 # %% [markdown]
 # (ch5-claim-2)=
@@ -319,8 +320,8 @@ for name in MLP_CONFIGS:
 # %%
 d2_pool = metrics.paired_difference(cnn_acc["after GAP"], cnn_acc["none"])
 d2_end = metrics.paired_difference(cnn_acc["end"], cnn_acc["after GAP"])
-print(f"after GAP - none: {pmd(d2_pool)} points")
-print(f"end - after GAP:  {pmd(d2_end)} points")
+print(f"after GAP - none: {metrics.pm(*d2_pool, signed=True)} points")
+print(f"end - after GAP:  {metrics.pm(*d2_end, signed=True)} points")
 
 # %%
 base = cnn_runs["none", SEEDS[0]][0]
@@ -330,11 +331,12 @@ with torch.no_grad():
 gap_noise = inconsistency.head_variances_on(feats, P, samples=16, seed=0)
 S = feats.shape[2] * feats.shape[3]
 noise_ratio = gap_noise["H5_noise"] / gap_noise["H4_noise"]
-print(f"feature map: {feats.shape[1]} channels x {S} positions; p = {P}")
-for pos, where in (("H4", "end (before GAP)"), ("H5", "after GAP")):
-    print(f"noise added to the FC input, {where:17}: {gap_noise[pos + '_noise']:.5f} "
-          f"(formula {gap_noise[pos + '_noise_formula']:.5f})")
 print(f"after GAP adds {noise_ratio:.1f} times the noise of 'end' at the same p (S = {S} positions)")
+metrics.styled(pd.DataFrame([{"dropout at": where, "noise added to the FC input": f"{gap_noise[pos + '_noise']:.5f}",
+                              "formula": f"{gap_noise[pos + '_noise_formula']:.5f}"}
+                             for pos, where in (("H4", "end (before GAP)"), ("H5", "after GAP"))]),
+               f"Noise at the FC input, on the feature maps of the network without dropout "
+               f"({feats.shape[1]} channels x {S} positions; p = {P})")
 
 # %% [markdown]
 # Check: both measured noises match their formulas within 10% (16 mask
@@ -361,8 +363,8 @@ assert 1.2 < noise_ratio <= S * 1.10, noise_ratio
 v2_pool = judge(cnn_acc["after GAP"], cnn_acc["none"], +1)  # after GAP beats no dropout
 v2_end = judge(cnn_acc["end"], cnn_acc["after GAP"], -1)  # end does not beat after GAP
 verdict_2 = "contradicts" if "contradicts" in (v2_pool, v2_end) else v2_pool
-evidence_2 = (f"after GAP - none {pmd(d2_pool)} pts; end - after GAP "
-              f"{pmd(d2_end)} pts; after GAP adds {noise_ratio:.0f}x the noise")
+evidence_2 = (f"after GAP - none {metrics.pm(*d2_pool, signed=True)} pts; end - after GAP "
+              f"{metrics.pm(*d2_end, signed=True)} pts; after GAP adds {noise_ratio:.0f}x the noise")
 glue("ch5-verdict-2", verdict_2, display=False)
 glue("ch5-evidence-2", evidence_2, display=False)
 print(f"claim 2: {verdict_2} ({evidence_2})")
@@ -392,9 +394,9 @@ print(f"claim 2: {verdict_2} ({evidence_2})")
 # %%
 shift = {name: [s.ratio for s in probes.bn_variance_shift(cnn_runs[name, SEEDS[0]][0], x_test)]
          for name in ("none", "before BN", "after BN", "end")}
-print(f"seed {SEEDS[0]}: test-time input variance / running variance, per BN layer (1 = no shift)")
-for name, ratios in shift.items():
-    print(f"{name:10}", "  ".join(f"BN{i + 1}: {r:5.3f}" for i, r in enumerate(ratios)))
+metrics.styled(pd.DataFrame([{"dropout at": name, **{f"BN{i + 1}": f"{r:.3f}" for i, r in enumerate(ratios)}}
+                             for name, ratios in shift.items()]),
+               f"Seed {SEEDS[0]}: test-time input variance / running variance, per BN layer (1 = no shift)")
 
 # %% [markdown]
 # Every BN layer with a dropout upstream sees less variance at test time than
@@ -423,12 +425,13 @@ for name in ("none", "before BN", "after BN", "end"):
 d3_after = metrics.paired_difference(cnn_acc["after BN"], cnn_acc["none"])
 d3_end = metrics.paired_difference(cnn_acc["end"], cnn_acc["none"])
 d3_recal = metrics.paired_difference(recal_acc["after BN"], cnn_acc["after BN"])
-print(f"{'dropout at':10} {'test acc, %':>15} {'after recalibrating BN, %':>26}")
-for name in recal_acc:
-    print(f"{name:10} {pm(cnn_acc[name]):>15} {pm(recal_acc[name]):>26}")
-print(f"after BN - none: {pmd(d3_after)} points;  "
-      f"end - none: {pmd(d3_end)};  "
-      f"recalibration gain of 'after BN': {pmd(d3_recal)}")
+print(f"after BN - none: {metrics.pm(*d3_after, signed=True)} points;  "
+      f"end - none: {metrics.pm(*d3_end, signed=True)};  "
+      f"recalibration gain of 'after BN': {metrics.pm(*d3_recal, signed=True)}")
+metrics.styled(pd.DataFrame([{"dropout at": name, "test accuracy (%)": metrics.pm(*metrics.mean_ci95(cnn_acc[name])),
+                              "after recalibrating BN (%)": metrics.pm(*metrics.mean_ci95(recal_acc[name]))}
+                             for name in recal_acc]),
+               f"Accuracy as trained and with BN recalibrated (mean ± 95 % CI over the seeds)")
 
 # %%
 with plots.style():
@@ -475,8 +478,8 @@ else:
 verdict_3 = metrics.joint_verdict({
     "after BN (a BN follows)": judge(cnn_acc["after BN"], cnn_acc["none"], +1),
     "end (no BN follows)": judge(cnn_acc["end"], cnn_acc["none"], +1)})
-evidence_3 = (f"after BN - none {pmd(d3_after, 1)} pts, recalibrating BN "
-              f"gives back {100 * d3_recal[0]:+.1f}; end - none {pmd(d3_end, 1)}")
+evidence_3 = (f"after BN - none {metrics.pm(*d3_after, digits=1, signed=True)} pts, recalibrating BN "
+              f"gives back {100 * d3_recal[0]:+.1f}; end - none {metrics.pm(*d3_end, digits=1, signed=True)}")
 glue("ch5-verdict-3", verdict_3, display=False)
 glue("ch5-evidence-3", evidence_3, display=False)
 print(f"claim 3: {verdict_3} ({evidence_3})")
@@ -544,11 +547,13 @@ for name, seed in tqdm(jobs, desc="fine-tunings", disable=QUIET):
     ft_recal[name].append(train.evaluate(train.recalibrate_bn(net, small), new_test)[1])
 d4 = {name: metrics.paired_difference(ft_acc[name], ft_acc["none"]) for name in FT_CONFIGS if name != "none"}
 d4_recal = {name: metrics.paired_difference(ft_recal[name], ft_recal["none"]) for name in d4}
-print(f"fine-tuned on {N_FINETUNE} images of classes {NEW_CLASSES}, p = {P}")
-print(f"{'dropout':8} {'test acc, %':>15} {'minus none':>16} {'BN recalibrated: minus none':>29}")
-for name in FT_CONFIGS:
-    extra = "" if name == "none" else f"{pmd(d4[name]):>16} {pmd(d4_recal[name]):>29}"
-    print(f"{name:8} {pm(ft_acc[name]):>15} {extra}")
+metrics.styled(pd.DataFrame([{"dropout": name, "test accuracy (%)": metrics.pm(*metrics.mean_ci95(ft_acc[name])),
+                              "minus none (points)": "" if name == "none" else metrics.pm(*d4[name], signed=True),
+                              "BN recalibrated: minus none (points)":
+                                  "" if name == "none" else metrics.pm(*d4_recal[name], signed=True)}
+                             for name in FT_CONFIGS]),
+               f"Fine-tuned on {N_FINETUNE} images of classes {NEW_CLASSES}, p = {P} "
+               f"(mean ± 95 % CI over the seeds)")
 
 # %% [markdown]
 # Early dropout sits in front of two BN layers. Check (class and paper
@@ -558,7 +563,7 @@ for name in FT_CONFIGS:
 
 # %%
 gain4 = metrics.paired_difference(ft_recal["early"], ft_acc["early"])
-print(f"recalibrating BN after fine-tuning with early dropout: {pmd(gain4)} points")
+print(f"recalibrating BN after fine-tuning with early dropout: {metrics.pm(*gain4, signed=True)} points")
 if scale.current() != "smoke":
     assert gain4[0] - gain4[1] > 0, gain4
 
@@ -579,8 +584,9 @@ verdict_4 = metrics.joint_verdict({
     "head helps": judge(ft_acc["head"], ft_acc["none"], +1)})
 if part_early == "supports" and judge(ft_recal["early"], ft_recal["none"], -1) != "supports":
     verdict_4 += " (the early harm is the BN shift: gone once BN is recalibrated)"
-evidence_4 = (f"early - none {pmd(d4['early'])} pts "
-              f"(BN recalibrated {100 * d4_recal['early'][0]:+.2f}); late {pmd(d4['late'])}; head {pmd(d4['head'])}")
+evidence_4 = (f"early - none {metrics.pm(*d4['early'], signed=True)} pts "
+              f"(BN recalibrated {100 * d4_recal['early'][0]:+.2f}); late {metrics.pm(*d4['late'], signed=True)}; "
+              f"head {metrics.pm(*d4['head'], signed=True)}")
 glue("ch5-verdict-4", verdict_4, display=False)
 glue("ch5-evidence-4", evidence_4, display=False)
 print(f"claim 4: {verdict_4} ({evidence_4})")
@@ -615,10 +621,13 @@ d5 = metrics.paired_difference(fc_gain, conv_gain)
 rate_configs = {"conv feature map (H4)": {0.0: "none", P: "end", P_HIGH: f"end p={P_HIGH}"},
                 "FC input (H5)": {0.0: "none", P: "after GAP", P_HIGH: f"after GAP p={P_HIGH}"}}
 best_rate = {site: max(cfgs, key=lambda r: np.mean(cnn_acc[cfgs[r]])) for site, cfgs in rate_configs.items()}
-for site, cfgs in rate_configs.items():
-    print(f"{site:22}", "   ".join(f"p={r}: {pm(cnn_acc[c])}" for r, c in cfgs.items()), f"  best: p={best_rate[site]}")
-print(f"raising p from {P} to {P_HIGH}: feature map {pm(conv_gain)} points, FC input {pm(fc_gain)} points")
-print(f"interaction (FC - conv): {pmd(d5)} points")
+print(f"raising p from {P} to {P_HIGH}: feature map {metrics.pm(*metrics.mean_ci95(conv_gain), signed=True)} points, "
+      f"FC input {metrics.pm(*metrics.mean_ci95(fc_gain), signed=True)} points")
+print(f"interaction (FC - conv): {metrics.pm(*d5, signed=True)} points")
+metrics.styled(pd.DataFrame([{"dropout on": site, **{f"p = {r}": metrics.pm(*metrics.mean_ci95(cnn_acc[c]))
+                                                    for r, c in cfgs.items()}, "best": f"p = {best_rate[site]}"}
+                             for site, cfgs in rate_configs.items()]),
+               f"Test accuracy (%) by rate and layer type (mean ± 95 % CI over the seeds)")
 
 # %%
 p_equivalent = variance.noise_matched_p(0.5, noise_ratio)  # FC dropout at the usual p = 0.5; noise_ratio = b / a (claim 2)
@@ -642,7 +651,7 @@ assert p_equivalent > 0.5
 
 # %%
 verdict_5 = judge(fc_gain, conv_gain, +1)
-evidence_5 = (f"interaction {pmd(d5)} pts; equal noise needs p = "
+evidence_5 = (f"interaction {metrics.pm(*d5, signed=True)} pts; equal noise needs p = "
               f"{p_equivalent:.2f} on the feature map vs 0.5 at FC")
 glue("ch5-verdict-5", verdict_5, display=False)
 glue("ch5-evidence-5", evidence_5, display=False)
@@ -665,9 +674,9 @@ print(f"claim 5: {verdict_5} ({evidence_5})")
 d6_mlp = metrics.paired_difference(mlp_acc["every layer"], mlp_acc["end"])
 d6_cnn = metrics.paired_difference(cnn_acc["after BN"], cnn_acc["end"])
 d6_mlp_none = metrics.paired_difference(mlp_acc["every layer"], mlp_acc["none"])
-print(f"MLP, no BN:   every layer - end {pmd(d6_mlp)} points "
-      f"(every layer - none {pmd(d6_mlp_none)})")
-print(f"CNN with BN:  every layer - end {pmd(d6_cnn)} points")
+print(f"MLP, no BN:   every layer - end {metrics.pm(*d6_mlp, signed=True)} points "
+      f"(every layer - none {metrics.pm(*d6_mlp_none, signed=True)})")
+print(f"CNN with BN:  every layer - end {metrics.pm(*d6_cnn, signed=True)} points")
 
 # %% [markdown]
 # **Verdict rule.** The rule above in each network (every − end, claimed
@@ -677,8 +686,8 @@ print(f"CNN with BN:  every layer - end {pmd(d6_cnn)} points")
 # %%
 verdict_6 = metrics.joint_verdict({"MLP without BN": judge(mlp_acc["every layer"], mlp_acc["end"], -1),
                                    "CNN with BN": judge(cnn_acc["after BN"], cnn_acc["end"], -1)})
-evidence_6 = (f"every - end: MLP {pmd(d6_mlp)} pts, "
-              f"CNN with BN {pmd(d6_cnn)} pts")
+evidence_6 = (f"every - end: MLP {metrics.pm(*d6_mlp, signed=True)} pts, "
+              f"CNN with BN {metrics.pm(*d6_cnn, signed=True)} pts")
 glue("ch5-verdict-6", verdict_6, display=False)
 glue("ch5-evidence-6", evidence_6, display=False)
 print(f"claim 6: {verdict_6} ({evidence_6})")
@@ -706,20 +715,25 @@ print(f"claim 6: {verdict_6} ({evidence_6})")
 # never gets there is counted as one epoch past the end). The claim
 # predicts more epochs with dropout. We test the MLP with dropout in every
 # layer (classic dropout) and the CNN with dropout at the end (the placement
-# that does not trigger claim 3's collapse). Wall time per epoch is printed
+# that does not trigger claim 3's collapse). Wall time per epoch is reported
 # too: the masks themselves cost little.
 
 # %%
-d7, epochs7 = {}, {}
+d7, epochs7, rows7 = {}, {}, []
 for label, runs, acc, name in (("MLP (every layer)", mlp_runs, mlp_acc, "every layer"), ("CNN (end)", cnn_runs, cnn_acc, "end")):
     target = 0.95 * np.mean(acc["none"])
     epochs = {n: [metrics.epochs_to_target(runs[n, s][1].test_acc, target) for s in SEEDS] for n in ("none", name)}
     secs = {n: [np.mean(runs[n, s][1].seconds) for s in SEEDS] for n in ("none", name)}
     d7[label] = metrics.paired_difference(epochs[name], epochs["none"])
     epochs7[label] = (epochs[name], epochs["none"])  # per seed: with dropout, without
-    print(f"{label:17} target {100 * target:.1f}%: epochs to reach it {np.mean(epochs[name]):.2f} with dropout, "
-          f"{np.mean(epochs['none']):.2f} without; difference {pmd(d7[label], 2, 1)}; "
-          f"seconds per epoch {np.mean(secs[name]):.2f} vs {np.mean(secs['none']):.2f}")
+    rows7.append({"network": label, "target (%)": f"{100 * target:.1f}",
+                  "epochs to it, dropout": f"{np.mean(epochs[name]):.2f}",
+                  "epochs to it, none": f"{np.mean(epochs['none']):.2f}",
+                  "difference (epochs)": metrics.pm(*d7[label], scale=1, signed=True),
+                  "seconds per epoch, dropout": f"{np.mean(secs[name]):.2f}",
+                  "seconds per epoch, none": f"{np.mean(secs['none']):.2f}"})
+metrics.styled(pd.DataFrame(rows7), f"Epochs to 95 % of the final accuracy without dropout "
+                                    f"(mean over the seeds; difference: mean ± 95 % CI)")
 
 # %%
 with plots.style():
@@ -750,7 +764,7 @@ else:
 
 # %%
 verdict_7 = metrics.joint_verdict({label: judge(*epochs7[label], +1, unit=" epochs", k=1) for label in d7})
-evidence_7 = "; ".join(f"{k}: {pmd(d, 1, 1)} epochs to target" for k, d in d7.items())
+evidence_7 = "; ".join(f"{k}: {metrics.pm(*d, scale=1, digits=1, signed=True)} epochs to target" for k, d in d7.items())
 glue("ch5-verdict-7", verdict_7, display=False)
 glue("ch5-evidence-7", evidence_7, display=False)
 print(f"claim 7: {verdict_7} ({evidence_7})")
@@ -789,9 +803,10 @@ probe = mlp_runs["every layer", SEEDS[0]][0]
 noise = {(b, on): probes.gradient_noise(probe, train_set, b, N_GRAD_BATCHES, dropout=on, seed=b)["noise"]
          for b in BATCHES for on in (True, False)}
 share = {b: noise[b, True] / noise[b, False] for b in BATCHES}
-print(f"{'B':>4} {'noise, dropout on':>18} {'dropout off':>12} {'B x noise (on)':>15} {'on / off':>9}")
-for b in BATCHES:
-    print(f"{b:4d} {noise[b, True]:18.4f} {noise[b, False]:12.4f} {b * noise[b, True]:15.4f} {share[b]:9.3f}")
+metrics.styled(pd.DataFrame([{"B": b, "noise, dropout on": f"{noise[b, True]:.4f}", "dropout off": f"{noise[b, False]:.4f}",
+                              "B x noise (on)": f"{b * noise[b, True]:.4f}", "on / off": f"{share[b]:.3f}"}
+                             for b in BATCHES]),
+               f"Gradient noise (trace of the covariance) at the trained weights, {N_GRAD_BATCHES} mini-batches per B")
 
 # %%
 with plots.style():
@@ -807,7 +822,7 @@ plt.show()
 # both modes, dropout adds noise at every batch size, and dropout's share of
 # the noise (on / off) at $B = 8$ is within 25% of its share at $B = 128$.
 # The tolerances cover the estimation error of a covariance trace from the
-# number of mini-batches printed above.
+# number of mini-batches given in the table's caption.
 
 # %%
 for on in (True, False):
@@ -825,7 +840,6 @@ assert abs(share[8] / share[128] - 1) < 0.25, share
 # %%
 LR_PER_SAMPLE = MLP_RECIPE["lr"] / MLP_RECIPE["batch_size"]
 BS_EPOCHS = scale.pick(smoke=3, class_=8, paper=20)
-acc_of = lambda h: 0.1 if h.diverged else h.final_test_acc  # noqa: E731  a diverged run is no better than chance
 bs_runs = {}
 jobs = [(regime, b, name, seed) for seed in SEEDS for regime, b in (("scaled", 8), ("scaled", 128), ("fixed", 8))
         for name in ("none", "every layer")]
@@ -836,20 +850,24 @@ for regime, b, name, seed in tqdm(jobs, desc="batch-size trainings", disable=QUI
     hist = train.fit(net, train_set, test_set, BS_EPOCHS, seed=seed, progress=False, eval_every=BS_EPOCHS,
                      **{**MLP_RECIPE, "batch_size": b, "lr": lr})
     bs_runs.setdefault((regime, b, name), []).append(hist)
-effect = {b: [acc_of(d) - acc_of(n) for d, n in zip(bs_runs["scaled", b, "every layer"], bs_runs["scaled", b, "none"])]
+# test accuracy per seed; a diverged run is no better than chance
+bs_acc = {key: [0.1 if h.diverged else h.final_test_acc for h in hists] for key, hists in bs_runs.items()}
+effect = {b: [d - n for d, n in zip(bs_acc["scaled", b, "every layer"], bs_acc["scaled", b, "none"])]
           for b in (8, 128)}
 d8 = metrics.paired_difference(effect[8], effect[128])
 div8 = {name: sum(h.diverged for h in bs_runs["fixed", 8, name]) for name in ("none", "every layer")}
-print(f"{BS_EPOCHS} epochs; learning rate scaled with B ({LR_PER_SAMPLE:.5f} per sample):")
-print(f"{'B':>4} {'no dropout, %':>15} {'dropout, %':>15} {'dropout - none':>16}")
-for b in (8, 128):
-    print(f"{b:4d} {pm([acc_of(h) for h in bs_runs['scaled', b, 'none']]):>15} "
-          f"{pm([acc_of(h) for h in bs_runs['scaled', b, 'every layer']]):>15} {pm(effect[b]):>16}")
-print(f"effect of dropout at B=8 minus at B=128: {pmd(d8)} points; "
+print(f"effect of dropout at B=8 minus at B=128: {metrics.pm(*d8, signed=True)} points; "
       f"diverged: {sum(h.diverged for k, hs in bs_runs.items() if k[0] == 'scaled' for h in hs)}")
 print(f"learning rate of B=32 kept ({MLP_RECIPE['lr']}) at B=8: diverged without dropout {div8['none']} "
       f"of {len(SEEDS)}, with dropout {div8['every layer']} of {len(SEEDS)}; test accuracy "
-      f"{pm([acc_of(h) for h in bs_runs['fixed', 8, 'none']])} vs {pm([acc_of(h) for h in bs_runs['fixed', 8, 'every layer']])}")
+      f"{metrics.pm(*metrics.mean_ci95(bs_acc['fixed', 8, 'none']))} vs "
+      f"{metrics.pm(*metrics.mean_ci95(bs_acc['fixed', 8, 'every layer']))}")
+metrics.styled(pd.DataFrame([{"B": b, "no dropout (%)": metrics.pm(*metrics.mean_ci95(bs_acc["scaled", b, "none"])),
+                              "dropout (%)": metrics.pm(*metrics.mean_ci95(bs_acc["scaled", b, "every layer"])),
+                              "dropout - none (points)": metrics.pm(*metrics.mean_ci95(effect[b]), signed=True)}
+                             for b in (8, 128)]),
+               f"{BS_EPOCHS} epochs, learning rate scaled with B ({LR_PER_SAMPLE:.5f} per sample): test accuracy "
+               f"(mean ± 95 % CI over the seeds)")
 
 # %% [markdown]
 # Check (class and paper scale): at the kept learning rate, dropout makes
@@ -882,7 +900,7 @@ v8_fixed = ("supports" if more_diverged > 0 else "contradicts" if more_diverged 
 verdict_8 = metrics.joint_verdict({"learning rate kept": v8_fixed, "learning rate scaled to B": v8_scaled})
 evidence_8 = (f"dropout multiplies gradient noise by {share[8]:.1f} at B=8, {share[128]:.1f} at B=128; fixed lr, B=8: "
               f"{div8['every layer']}/{len(SEEDS)} diverge with dropout, {div8['none']}/{len(SEEDS)} without; "
-              f"scaled lr: effect at B=8 minus B=128 {pmd(d8)} pts")
+              f"scaled lr: effect at B=8 minus B=128 {metrics.pm(*d8, signed=True)} pts")
 glue("ch5-verdict-8", verdict_8, display=False)
 glue("ch5-evidence-8", evidence_8, display=False)
 print(f"claim 8: {verdict_8} ({evidence_8})")
@@ -916,23 +934,23 @@ shifted = {
     "rotated 90°": data.Split(torch.rot90(test_set.images, 1, dims=(2, 3)).contiguous(), test_set.labels),
     "uniform noise": data.Split(torch.randint(0, 256, test_set.images.shape, generator=gen9, dtype=torch.uint8), test_set.labels),
 }
-entropy_mc = lambda net, split, seed: D.predictive_entropy(D.mc_predict(net, train.to_device(split, dev, net.input_stats)[0], T_MC, seed=seed).mean(0))  # noqa: E731
-entropy_det = lambda net, split: D.predictive_entropy(torch.softmax(train.predict(net, split), dim=1))  # noqa: E731
+methods = ("MC dropout", "same net, one pass", "no-dropout net")
 auc = {}
 for seed in tqdm(SEEDS, desc="MC dropout", disable=QUIET):
-    drop_net, plain_net = mlp_runs["every layer", seed][0], mlp_runs["none", seed][0]
-    scores_in = {"MC dropout": entropy_mc(drop_net, test_set, seed), "same net, one pass": entropy_det(drop_net, test_set),
-                 "no-dropout net": entropy_det(plain_net, test_set)}
-    for shift_name, split in shifted.items():
-        scores_out = {"MC dropout": entropy_mc(drop_net, split, seed), "same net, one pass": entropy_det(drop_net, split),
-                      "no-dropout net": entropy_det(plain_net, split)}
-        for method in scores_in:
-            auc.setdefault((shift_name, method), []).append(metrics.auroc(scores_in[method], scores_out[method]))
-methods = ("MC dropout", "same net, one pass", "no-dropout net")
-print(f"AUROC of predictive entropy, shifted vs test images (mean ± 95% CI over seeds, %); T = {T_MC}")
-print(f"{'shift':15}" + "".join(f"{m:>22}" for m in methods))
-for shift_name in shifted:
-    print(f"{shift_name:15}" + "".join(f"{pm(auc[shift_name, m]):>22}" for m in methods))
+    scorers = dict(zip(methods, (mlp_runs["every layer", seed][0], mlp_runs["every layer", seed][0],
+                                 mlp_runs["none", seed][0])))
+    # predictive entropy of every input: of the average of T_MC dropout passes, or of one eval-mode pass
+    entropy = {(split_name, m): D.predictive_entropy(
+                   D.mc_predict(net, train.to_device(split, dev, net.input_stats)[0], T_MC, seed=seed).mean(0)
+                   if m == "MC dropout" else torch.softmax(train.predict(net, split), dim=1))
+               for split_name, split in {"test images": test_set, **shifted}.items() for m, net in scorers.items()}
+    for shift_name in shifted:
+        for m in methods:
+            auc.setdefault((shift_name, m), []).append(metrics.auroc(entropy["test images", m], entropy[shift_name, m]))
+metrics.styled(pd.DataFrame([{"shift": shift_name, **{m: metrics.pm(*metrics.mean_ci95(auc[shift_name, m])) for m in methods}}
+                             for shift_name in shifted]),
+               f"AUROC of predictive entropy, shifted vs test images (%, mean ± 95 % CI over the seeds); "
+               f"T = {T_MC}")
 
 # %% [markdown]
 # For each shift, MC dropout *flags* it if the 95% interval of its AUROC lies
@@ -942,9 +960,11 @@ for shift_name in shifted:
 auc_mc = {s: metrics.mean_ci95(auc[s, "MC dropout"]) for s in shifted}
 flag9 = {s: metrics.resolved_sign(m - 0.5, c) for s, (m, c) in auc_mc.items()}
 gain9 = {s: metrics.paired_difference(auc[s, "MC dropout"], auc[s, "same net, one pass"]) for s in shifted}
-for s in shifted:
-    status = {1: "flagged", -1: "ranked below the test images", 0: "not resolved from chance"}[flag9[s]]
-    print(f"{s:15} MC dropout {status};  MC - one pass: {pmd(gain9[s])} points of AUROC")
+metrics.styled(pd.DataFrame([{"shift": s, "MC dropout": {1: "flagged", -1: "ranked below the test images",
+                                                            0: "not resolved from chance"}[flag9[s]],
+                              "MC - one pass (points of AUROC)": metrics.pm(*gain9[s], signed=True)}
+                             for s in shifted]),
+               "Does MC dropout flag the shift, and does sampling beat one pass of the same network?")
 
 # %%
 title9 = "MC dropout flags: " + (", ".join(s for s, v in flag9.items() if v > 0) or "no shift beyond chance")
@@ -995,7 +1015,7 @@ else:
 # images. And the columns beside MC dropout matter as much as its own: a
 # single deterministic pass of the same weights, or a network trained
 # without dropout, already ranks inputs by the entropy of their prediction.
-# The sampling earns its $T$ forward passes only where the printed
+# The sampling earns its $T$ forward passes only where the tabulated
 # difference "MC − one pass" is resolved above 0.
 #
 # (ch5-claim-10)=
@@ -1016,7 +1036,7 @@ else:
 # %%
 d10 = metrics.paired_difference(cnn_acc["end"], cnn_acc["none"])
 d10_worst = min((metrics.paired_difference(cnn_acc[n], cnn_acc["none"])[0], n) for n in ("before BN", "after BN"))
-print(f"end - none: {pmd(d10)} points;  "
+print(f"end - none: {metrics.pm(*d10, signed=True)} points;  "
       f"worst misplaced dropout ({d10_worst[1]}) - none: {100 * d10_worst[0]:+.2f} points")
 
 # %% [markdown]
@@ -1029,7 +1049,7 @@ print(f"end - none: {pmd(d10)} points;  "
 
 # %%
 verdict_10 = judge(cnn_acc["end"], cnn_acc["none"], -1)
-evidence_10 = (f"end - none {pmd(d10)} pts; misplaced ({d10_worst[1]}) "
+evidence_10 = (f"end - none {metrics.pm(*d10, signed=True)} pts; misplaced ({d10_worst[1]}) "
                f"{100 * d10_worst[0]:+.1f} pts")
 glue("ch5-verdict-10", verdict_10, display=False)
 glue("ch5-evidence-10", evidence_10, display=False)
@@ -1043,7 +1063,7 @@ print(f"claim 10: {verdict_10} ({evidence_10})")
 #
 # ## The verdicts, from this run
 #
-# The same table as at the top, printed from the notebook's variables.
+# The same table as at the top, made from the notebook's variables.
 
 # %%
 claims = ["scaled by the rate at inference", "after the last pooling layer", "after BN; BN mitigates",
@@ -1052,9 +1072,9 @@ claims = ["scaled by the rate at inference", "after the last pooling layer", "af
           "MC dropout flags OOD inputs", "BN networks don't need dropout"]
 verdicts = [verdict_1, verdict_2, verdict_3, verdict_4, verdict_5, verdict_6, verdict_7, verdict_8, verdict_9, verdict_10]
 evidence = [evidence_1, evidence_2, evidence_3, evidence_4, evidence_5, evidence_6, evidence_7, evidence_8, evidence_9, evidence_10]
-print(f"scale {scale.current()}, seeds {SEEDS}")
-for i, (c, v, e) in enumerate(zip(claims, verdicts, evidence), start=1):
-    print(f"{i:2d}. {c:40} {v}\n    {e}")
+metrics.styled(pd.DataFrame([{"#": i, "claim": c, "verdict": v, "evidence": e}
+                             for i, (c, v, e) in enumerate(zip(claims, verdicts, evidence), start=1)]),
+               f"The verdicts of this run (scale {scale.current()}, seeds {SEEDS})")
 
 # %% [markdown]
 # Check: every verdict speaks the book's three words and no other, and

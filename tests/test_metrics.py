@@ -52,6 +52,19 @@ def test_auroc_rejects_empty_or_nan_scores() -> None:
         metrics.auroc([float("nan")], [1.0])
 
 
+def test_mean_se_is_the_mean_and_the_sample_standard_deviation_over_root_n() -> None:
+    values = [1.0, 2.0, 4.0, 7.0]
+    mean, se = metrics.mean_se(values)
+    assert mean == pytest.approx(3.5)
+    assert se == pytest.approx(float(np.std(values, ddof=1)) / 2.0)
+    # a tensor of per-image 0/1 differences gives the same numbers as the list
+    diffs = torch.tensor([1.0, 0.0, 0.0, -1.0, 1.0], dtype=torch.float32)
+    assert metrics.mean_se(diffs) == pytest.approx(metrics.mean_se(diffs.tolist()))
+    assert metrics.mean_se(diffs)[1] == pytest.approx(diffs.std().item() / math.sqrt(5))
+    assert math.isnan(metrics.mean_se([0.3])[1]) and metrics.mean_se([0.3])[0] == 0.3
+    assert all(math.isnan(v) for v in metrics.mean_se([]))
+
+
 def test_paired_difference_is_the_mean_and_t_interval_of_the_differences() -> None:
     mean, ci = metrics.paired_difference([0.80, 0.82, 0.81], [0.78, 0.79, 0.80])
     diffs = [0.02, 0.03, 0.01]

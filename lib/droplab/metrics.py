@@ -2,6 +2,9 @@
 
 - :func:`t_quantile`, :func:`mean_ci95`: Student's t and the 95 % confidence
   interval of a mean over seeds;
+- :func:`mean_se`: a mean and its standard error, for per-image (paired)
+  quantities over thousands of test images, where the book states effects in
+  standard errors;
 - :func:`minimum_detectable_effect`: the smallest paired difference that the
   seeds at hand would detect with 80 % power (two-sided 5 % test);
 - :func:`verdict`: the book's one three-valued verdict on a claim that
@@ -69,6 +72,21 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
         return mean, math.nan
     s = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     return mean, t975(n - 1) * s / math.sqrt(n)
+
+
+def mean_se(values) -> tuple[float, float]:  # noqa: ANN001 (a tensor, array or sequence)
+    """Mean and standard error ``s / sqrt(n)`` (``s`` with ``n - 1``) of ``values``: a tensor, an
+    array or a sequence, e.g. the per-image differences of two predictions (chapter 1 checks
+    effects "by more than five standard errors"). Computed in float64; the standard error is NaN
+    for fewer than two values."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().to("cpu", torch.float64).numpy()
+    arr = np.asarray(values, dtype=np.float64).ravel()
+    if arr.size == 0:
+        return math.nan, math.nan
+    if arr.size == 1:
+        return float(arr[0]), math.nan
+    return float(arr.mean()), float(arr.std(ddof=1) / math.sqrt(arr.size))
 
 
 def minimum_detectable_effect(differences: Sequence[float]) -> float:
@@ -217,5 +235,5 @@ def epochs_to_target(curve: Sequence[float], target: float) -> float:
     return float(len(curve) + 1)
 
 
-__all__ = ["VERDICT_WORDS", "t_quantile", "t975", "mean_ci95", "minimum_detectable_effect", "verdict",
+__all__ = ["VERDICT_WORDS", "t_quantile", "t975", "mean_ci95", "mean_se", "minimum_detectable_effect", "verdict",
            "joint_verdict", "pm", "styled", "auroc", "paired_difference", "resolved_sign", "epochs_to_target"]
