@@ -559,7 +559,7 @@ assert all(a < b for a, b in zip(p6_run, p2_run)), (p6_run, p2_run)
 # kinds together, so it cannot rank the positions by itself. Only accuracy
 # can settle that: section 6.
 #
-# ## 5. Guideline 1
+# ## 5. Where Guideline 1 puts dropout
 #
 # Putting the measurements together:
 #

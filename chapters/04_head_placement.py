@@ -672,7 +672,7 @@ assert gain["noise, measured"] > gain["noise, i.i.d."], gain
 # much larger than the $\sigma^2/S$ of independent positions, and it dilutes
 # the difference. On real maps H4 still wins; by how much is printed above.
 #
-# ## 5. Guideline 2
+# ## 5. Where Guideline 2 puts dropout
 #
 # Putting the measurements together gives Kim et al.'s second guideline,
 # in the book's words:

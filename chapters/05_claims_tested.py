@@ -798,7 +798,7 @@ print(f"claim 7: {verdict_7} ({evidence_7})")
 
 # %%
 BATCHES = (8, 32, 128)
-N_GRAD_BATCHES = scale.pick(smoke=48, class_=128, paper=256)
+N_GRAD_BATCHES = scale.pick(smoke=48, class_=512, paper=1024)
 probe = mlp_runs["every layer", SEEDS[0]][0]
 noise = {(b, on): probes.gradient_noise(probe, train_set, b, N_GRAD_BATCHES, dropout=on, seed=b)["noise"]
          for b in BATCHES for on in (True, False)}
