@@ -65,11 +65,16 @@ def main(argv: list[str] | None = None) -> None:
                 times[scale] = fmt(seconds)
                 print(f"{nb.stem:32s} {scale:6s} {fmt(seconds):>8s}", flush=True)
         rows[nb.stem] = times
-    import platform
+    import datetime
 
     import torch
 
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, no GPU used"
+    from droplab import repro
+
+    threads = os.environ.get("OMP_NUM_THREADS", "torch's default")
+    machine = (f"{repro.cpu_model()} ({torch.backends.cpu.get_cpu_capability()}), {os.cpu_count()} cores, "
+               f"{threads} torch thread(s), torch {torch.__version__}, no GPU used, "
+               f"{datetime.date.today().isoformat()}")
     table = "\n".join(["| chapter | smoke | class |", "|---|---|---|"]
                       + [f"| `{stem}` | {t['smoke']} | {t['class']} |" for stem, t in rows.items()])
     block = f"{START}\n{table}\n\nMeasured on: {machine}.\n{END}"
