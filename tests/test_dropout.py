@@ -289,3 +289,43 @@ def test_the_three_mc_readings_are_one_loop(small_mlp) -> None:
     assert torch.equal(D.mc_predict_train_mode(model, x, 3, batch_size=4, seed=2), trap)
     with pytest.raises(ValueError, match="running"):
         D.mc_samples(model, x, 3, bn="train")
+
+
+# --- DropPath: the whole residual branch of a sample (torchvision's StochasticDepth, chapter 6) ----
+
+def test_drop_path_is_the_identity_in_eval_and_counts_as_dropout() -> None:
+    layer = D.drop_path(0.5).eval()
+    x = torch.randn(8, 3, 4, 4)
+    assert torch.equal(layer(x), x)
+    assert D.is_dropout(layer) and type(layer).__name__ == "StochasticDepth" and layer.mode == "row"
+    net = nn.Sequential(nn.BatchNorm2d(3), layer).eval()
+    D.set_dropout(net, True)
+    assert layer.training and not net[0].training           # switched like any dropout layer
+    with D.mc_dropout(net.train()):
+        assert layer.training and not net[0].training
+    assert D.dropout_modules(net) == [layer]
+
+
+def test_drop_path_drops_or_keeps_each_sample_whole_with_share_p() -> None:
+    p, n = 0.3, 4000
+    torch.manual_seed(0)
+    x = torch.rand(n, 2, 3, 3) + 0.1                          # no zeros of its own
+    y = D.drop_path(p).train()(x)
+    ratio = (y / x).flatten(1)
+    dropped = (ratio == 0).all(1)
+    kept = torch.isclose(ratio, torch.full_like(ratio, 1 / (1 - p))).all(1)
+    assert bool((dropped | kept).all())                      # every row is 0 or x / q, never mixed
+    assert dropped.float().mean().item() == pytest.approx(p, abs=4 * math.sqrt(p * (1 - p) / n))
+
+
+def test_drop_path_rejects_a_keep_probability_of_zero() -> None:
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        D.drop_path(1.0)
+
+
+def test_importing_the_networks_does_not_import_torchvision() -> None:
+    import subprocess
+    import sys
+    code = "import sys, droplab.models, droplab.train, droplab.transformer; print('torchvision' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"                             # DropPath loads it when a net has one

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from droplab import models
+from droplab.dropout import is_dropout
 from droplab.models import CNN, GUIDELINE, MLP, PreResNet, ResNetV1
 
 LETTER = {nn.BatchNorm2d: "B", nn.BatchNorm1d: "B", nn.ReLU: "R", nn.Conv2d: "C", nn.Dropout: "D",
@@ -246,3 +247,94 @@ def test_bad_arguments_say_what_is_valid(kwargs, says):
 def test_mlp_before_bn_needs_batch_norm():
     with pytest.raises(ValueError, match="batch_norm=True"):
         MLP(dropout_at="before_bn")
+
+
+# --- beyond batch norm (chapter 6): GroupNorm and LayerNorm nets, DropPath ------------------
+
+NORM_LETTER = {**LETTER, nn.GroupNorm: "B"}                 # "B" is the slot of the norm, whichever it is
+
+
+def norm_layout(seq: nn.Sequential) -> str:
+    return " ".join(NORM_LETTER[type(m)] for m in seq)
+
+
+@pytest.mark.parametrize("norm", ["group", "layer"])
+@pytest.mark.parametrize("position", sorted(PRERESNET_BASIC))
+def test_swapping_the_norm_keeps_every_position(norm, position):
+    model = PreResNet(8, width=8, dropout_at=position, norm=norm)
+    for block in model.blocks:
+        assert norm_layout(block.branch) == PRERESNET_BASIC[position]
+
+
+@pytest.mark.parametrize("norm", ["group", "layer"])
+def test_swapping_the_norm_keeps_the_bottleneck_and_head_positions(norm):
+    model = PreResNet(11, width=8, block="bottleneck", dropout_at="P6", head_dropout_at="H3", norm=norm)
+    assert norm_layout(model.blocks[0].branch) == PRERESNET_BOTTLENECK["P6"]
+    assert norm_layout(model.head) == HEAD["H3"] and norm_layout(model.features[-1]) == "B R"
+
+
+@pytest.mark.parametrize("norm", ["group", "layer"])
+def test_group_and_layer_norm_nets_have_no_bn_and_no_running_statistics(norm):
+    model = PreResNet(11, width=8, block="bottleneck", head_conv=True, norm=norm)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert list(model.buffers()) == []
+    norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
+    assert len(norms) == 3 * 3 + 1 + 1                    # three per block, the final one, the head's
+    for m in norms:
+        assert m.num_groups == (1 if norm == "layer" else m.num_channels // models.GROUP_SIZE)
+    assert model.norm == norm
+
+
+@pytest.mark.parametrize("norm", ["group", "layer"])
+def test_a_group_or_layer_norm_net_trains_a_step(norm):
+    torch.manual_seed(0)
+    model = models.build(models.NetConfig(width=4, depth=8, norm=norm, dropout_at="P6", head_conv=True))
+    x, y = torch.randn(6, 1, 28, 28), torch.randint(0, 10, (6,))
+    loss = nn.functional.cross_entropy(model.train()(x), y)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters())
+    model.eval()
+    # each sample is normalized with its own statistics: its output does not depend on its batch
+    assert torch.allclose(model(x[:1]), model(x)[:1], atol=1e-5)
+
+
+def test_the_default_norm_is_batch_norm_as_before():
+    assert models.NetConfig().norm == "batch"
+    torch.manual_seed(0)
+    a = PreResNet(8, in_channels=1, width=4)
+    torch.manual_seed(0)
+    b = PreResNet(8, in_channels=1, width=4, norm="batch")
+    assert str(a) == str(b) and all(torch.equal(u, v) for u, v in zip(a.state_dict().values(),
+                                                                     b.state_dict().values()))
+
+
+def test_bad_norms_say_what_is_valid():
+    with pytest.raises(ValueError, match="batch, group, layer"):
+        PreResNet(8, norm="instance")
+    with pytest.raises(ValueError, match="divisible by 4"):
+        PreResNet(8, width=6, norm="group")
+    with pytest.raises(ValueError, match="BN only"):
+        models.build(models.NetConfig(arch="resnetv1", depth=8, norm="group"))
+
+
+@pytest.mark.parametrize("block, depth", [("basic", 8), ("bottleneck", 11)])
+def test_drop_path_sits_at_p7_and_drops_the_whole_branch(block, depth):
+    model = PreResNet(depth, width=8, block=block, dropout_at=models.DROP_PATH, p=0.5)
+    for b in model.blocks:
+        last = b.branch[-1]
+        assert type(last).__name__ == "StochasticDepth" and last.p == 0.5 and last.mode == "row"
+        assert isinstance(b.pre, nn.Identity)
+    assert len([m for m in model.modules() if is_dropout(m)]) == len(model.blocks)
+    seen = {}
+    model.blocks[0].branch[-1].register_forward_hook(lambda m, inp, out: seen.update(inp=inp[0], out=out))
+    torch.manual_seed(0)
+    model.blocks[0].branch.train()(torch.randn(64, 8, 6, 6))
+    inp, out = seen["inp"].flatten(1), seen["out"].flatten(1)
+    zero, scaled = (out == 0).all(1), torch.isclose(out, inp / 0.5).all(1)
+    assert bool((zero | scaled).all()) and 0.2 < zero.float().mean() < 0.8   # whole branches, 0 or / q
+
+
+def test_drop_path_is_for_preresnets_only():
+    with pytest.raises(ValueError, match="P6"):
+        ResNetV1(8, dropout_at=models.DROP_PATH)
+    assert models.DROP_PATH not in models.POSITION_NAMES          # the P0-P7 sweeps stay as they are

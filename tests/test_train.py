@@ -194,3 +194,66 @@ def test_fit_each_trains_every_config_and_seed_as_fit_would(synthetic):
     hist = train.fit(alone, *small, 1, seed=1, progress=False, batch_size=32, flip=False)
     assert runs["p", 1][1].train_loss == hist.train_loss and runs["p", 1][1].test_acc == hist.test_acc
     assert runs["none", 0][1].train_loss != runs["none", 1][1].train_loss
+
+
+# --- early dropout (Liu et al. 2023, chapter 6): dropout on for the first k epochs only -------------
+
+def dropout_modes_per_call(model: nn.Module) -> tuple[list[bool], list[bool]]:
+    """Hooks that record, at every forward call, whether dropout and BN were in train mode."""
+    drop, bn = [], []
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.register_forward_hook(lambda mod, i, o: drop.append(mod.training))
+    first_bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    first_bn.register_forward_hook(lambda mod, i, o: bn.append(mod.training))
+    return drop, bn
+
+
+def test_early_dropout_turns_only_dropout_off_after_its_epochs(synthetic):
+    small = data.subset(synthetic[0], 256), None
+    model = small_resnet(dropout_at="P6", p=0.5)
+    drop, bn = dropout_modes_per_call(model)
+    blocks = len(model.blocks)
+    hist = train.fit(model, *small, epochs=3, batch_size=64, dropout_epochs=1, device="cpu", progress=False)
+    steps = 256 // 64
+    assert hist.dropout_on == [True, False, False]
+    assert drop == [True] * (steps * blocks) + [False] * (2 * steps * blocks)   # on in epoch 1 only
+    assert bn == [True] * (3 * steps)                                         # BN trains throughout
+    assert all(m.p == 0.5 for m in model.modules() if isinstance(m, nn.Dropout))   # the model is unchanged
+
+
+def test_dropout_off_from_the_start_trains_as_the_net_without_dropout(synthetic):
+    # Same weights (dropout has none), same batches: turned off, the dropout layers are the identity.
+    small = data.subset(synthetic[0], 256), data.subset(synthetic[1], 128)
+    early = train.fit(small_resnet(dropout_at="P6", p=0.5), *small, epochs=2, batch_size=64, dropout_epochs=0,
+                      seed=1, device="cpu", progress=False).to_dict()
+    plain = train.fit(small_resnet(), *small, epochs=2, batch_size=64, seed=1, device="cpu", progress=False).to_dict()
+    assert early.pop("dropout_on") == [False, False] and plain.pop("dropout_on") == [True, True]
+    for h in (early, plain):
+        h.pop("seconds")
+    assert early == plain
+
+
+def test_the_default_keeps_dropout_all_the_way_as_before(synthetic):
+    small = data.subset(synthetic[0], 256), data.subset(synthetic[1], 128)
+    runs = [train.fit(small_resnet(dropout_at="P6", p=0.5), *small, epochs=2, batch_size=64, seed=2,
+                      device="cpu", progress=False, **kw).to_dict() for kw in ({}, {"dropout_epochs": 2})]
+    for r in runs:
+        r.pop("seconds")
+    assert train.Recipe().dropout_epochs is None and runs[0]["dropout_on"] == [True, True]
+    assert runs[0] == runs[1]
+
+
+def test_history_says_which_epochs_had_dropout_and_old_records_had_it_in_all():
+    hist = train.History(train_loss=[1.0, 0.5], train_acc=[0.1, 0.2], test_loss=[1.0, 0.6], test_acc=[0.1, 0.3],
+                         seconds=[1.0, 1.0], dropout_on=[True, False])
+    d = hist.to_dict()
+    assert train.History.from_dict(d).dropout_on == [True, False]
+    d.pop("dropout_on")
+    assert train.History.from_dict(d).dropout_on == [True, True]
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
+def test_a_bad_dropout_epochs_says_what_it_is(bad):
+    with pytest.raises(ValueError, match="early dropout"):
+        train.Recipe(dropout_epochs=bad)

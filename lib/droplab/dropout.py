@@ -13,6 +13,7 @@ What is here, each once for the whole library:
   and "none", the bug of forgetting to scale);
 - :class:`SpatialDropout`: drop whole channels (Tompson et al. 2015);
   :class:`UniformDropout`: Li et al.'s (2019) uniform noise (chapter 2);
+  :func:`drop_path`: drop a sample's whole residual branch (DropPath, chapter 6);
 - :func:`expected_output_variance`: Kim et al. Eq. 6, the train-mode variance
   of dropout's output;
 - :func:`is_dropout` and the mode switches built on it (:func:`set_dropout`,
@@ -32,6 +33,7 @@ Editing the dropout layers of a built network (swap, rescale, insert) is
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from typing import Literal
 
@@ -208,6 +210,15 @@ class UniformDropout(nn.Module):
         return f"beta={self.beta}"
 
 
+def drop_path(p: float) -> nn.Module:
+    """DropPath (stochastic depth, Huang et al. 2016; chapter 6): in train mode each *sample* is
+    dropped whole with probability ``p`` or kept and scaled by ``1/q``; in eval mode the identity.
+    At the end of a residual branch (``dropout_at="P7path"``) it is P7 with one mask entry per sample.
+    torchvision's ``StochasticDepth(p, mode="row")``, imported on first use (droplab imports light)."""
+    from torchvision.ops import StochasticDepth
+    return StochasticDepth(float(check_p(p)), mode="row")
+
+
 def matched_beta(p: float) -> float:
     """The ``beta`` whose uniform noise has the variance of dropout's: ``beta**2 / 3 = p / q``.
 
@@ -264,9 +275,10 @@ DROPOUT_TYPES: tuple[type[nn.Module], ...] = (
 
 
 def is_dropout(module: nn.Module) -> bool:
-    """True for PyTorch's dropout layers and this module's :class:`Dropout`, :class:`SpatialDropout`
-    and :class:`UniformDropout`: the one test of "is this a dropout layer?" in droplab."""
-    return isinstance(module, DROPOUT_TYPES)
+    """True for PyTorch's dropout layers, :class:`Dropout`, :class:`SpatialDropout`, :class:`UniformDropout`
+    and DropPath (:func:`drop_path`): the one test of "is this a dropout layer?" in droplab."""
+    ops = sys.modules.get("torchvision.ops")          # no StochasticDepth exists before it is loaded
+    return isinstance(module, DROPOUT_TYPES) or (ops is not None and isinstance(module, ops.StochasticDepth))
 
 
 def dropout_modules(model: nn.Module) -> list[nn.Module]:
@@ -466,6 +478,7 @@ __all__ = [
     "Dropout",
     "SpatialDropout",
     "UniformDropout",
+    "drop_path",
     "matched_beta",
     "expected_output_variance",
     "uniform_dropout_variance",

@@ -18,7 +18,7 @@ function                          measures                                      
 The protocol: inputs from N(0, var), weights N(mean, 2/n) (He initialization
 when the mean is 0), BN in training mode, a large batch (1e5 in the paper;
 :func:`default_batch` picks the size for the scale in force). The blocks are
-:func:`droplab.models.mlp_block`; Delta is :func:`droplab.variance.inconsistency_ratio`
+:func:`mlp_block` (below); Delta is :func:`droplab.variance.inconsistency_ratio`
 and the masks come from :func:`droplab.dropout.seeded_masks`.
 """
 
@@ -32,8 +32,57 @@ from torch import nn
 
 from droplab import scale
 from droplab.dropout import Dropout, check_p, seeded_masks, set_dropout
-from droplab.models import POSITION_NAMES, he_linear, mlp_block
+from droplab.models import DROP_PATH, POSITION_NAMES, ResidualBlock, check_position, with_dropout
 from droplab.variance import batch_variance, inconsistency_ratio, variance_at_h4, variance_at_h5
+
+
+# --------------------------------------------------------------------------- the fully connected blocks
+
+def he_linear(n_in: int, n_out: int | None = None, mean: float = 0.0, generator: torch.Generator | None = None,
+              dtype: torch.dtype = torch.float64) -> nn.Linear:
+    """A bias-free linear layer with weights i.i.d. N(mean, 2/n_in) (He et al. 2015 when mean = 0)."""
+    n_out = n_in if n_out is None else n_out
+    layer = nn.Linear(n_in, n_out, bias=False, dtype=dtype)
+    with torch.no_grad():
+        w = torch.randn(n_out, n_in, generator=generator, dtype=dtype) * math.sqrt(2.0 / n_in) + mean
+        layer.weight.copy_(w)
+    return layer
+
+
+def mlp_branch(width: int, dropout_at: str | None = "P6", p: float = 0.5, mean_w: float = 0.0, gamma: float = 1.0,
+               generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64) -> nn.Sequential:
+    """The fully connected analogue of the PreResNet branch, in execution order::
+
+        [P1] BN1 [P2] ReLU [P3] W1 [P4] BN2 [P5] ReLU [P6] W2 [P7]
+
+    with one :class:`~droplab.dropout.Dropout` at ``dropout_at`` (P1-P7, or
+    DropPath at P7 for ``"P7path"``; ``None`` or ``"P0"`` puts none in the branch).
+    Weights N(mean_w, 2/n), BN2's scale set to ``gamma`` (the gamma_l of Kim et al. Eqs. 12-19).
+    """
+    check_position(dropout_at, POSITION_NAMES + (DROP_PATH,), "a fully connected block")
+    check_p(p)
+    bn2 = nn.BatchNorm1d(width, dtype=dtype)
+    with torch.no_grad():
+        bn2.weight.fill_(gamma)
+    return with_dropout([
+        "P1", nn.BatchNorm1d(width, dtype=dtype), "P2", nn.ReLU(),
+        "P3", he_linear(width, mean=mean_w, generator=generator, dtype=dtype), "P4", bn2, "P5", nn.ReLU(),
+        "P6", he_linear(width, mean=mean_w, generator=generator, dtype=dtype), "P7",
+    ], dropout_at, p, layer=Dropout)
+
+
+def mlp_block(width: int, dropout_at: str | None = "P6", p: float = 0.5, residual: bool = True, mean_w: float = 0.0,
+              gamma: float = 1.0, generator: torch.Generator | None = None,
+              dtype: torch.dtype = torch.float64) -> nn.Module:
+    """A fully connected PreResNet block (``residual``) or its branch alone, dropout at ``dropout_at``.
+
+    P0 puts dropout on the block input, before the split into shortcut and
+    branch (for a non-residual block it is then dropout before BN1).
+    """
+    branch = mlp_branch(width, dropout_at, p, mean_w, gamma, generator, dtype)
+    if dropout_at == "P0":
+        return ResidualBlock(branch, pre=Dropout(p)) if residual else nn.Sequential(Dropout(p), *branch)
+    return ResidualBlock(branch) if residual else branch
 
 
 def default_batch() -> int:

@@ -26,26 +26,35 @@ last activation, before GAP" (Guideline 2). With H7 the model returns
 *probabilities* and says so (``model.outputs_probabilities``), and
 ``droplab.train.criterion`` takes their negative log.
 
+Beyond BN (chapter 6): ``norm`` swaps every BN of a PreResNet for GroupNorm or LayerNorm
+(:func:`norm2d`; P0-P7 keep their places around "the norm"), ``dropout_at="P7path"`` is DropPath
+at P7's place, and ``NetConfig(arch="vit")`` builds the ViT of :mod:`droplab.transformer`.
+
 The library follows PyTorch: ``p`` is the probability of *dropping* a unit
 (Kim et al. write p for the keep probability, q = 1 - p in the book).
-The fully connected blocks at the end are those of the module tests
-(:mod:`droplab.inconsistency`).
+The fully connected blocks of the module tests live with them, in :mod:`droplab.inconsistency`.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Sequence, Union
 
 import torch
 from torch import nn
 
-from droplab.dropout import Dropout, check_p
+from droplab.dropout import check_p, drop_path
 
 POSITION_NAMES: tuple[str, ...] = tuple(f"P{i}" for i in range(8))
 HEAD_POSITION_NAMES: tuple[str, ...] = tuple(f"H{i}" for i in range(1, 8))
 BLOCKS: tuple[str, ...] = ("basic", "bottleneck")
+NORMS: tuple[str, ...] = ("batch", "group", "layer")
+# GroupNorm's groups (norm2d) have 4 channels each. Wu & He's default of 32 groups would leave a
+# 16-channel stage half a channel per group; a fixed group size means the same normalization in every
+# stage (4, 8, 16 groups at width 16) and stays away from 1 channel per group (InstanceNorm), their worst.
+GROUP_SIZE = 4
+# DropPath (Huang et al. 2016): the whole residual branch of a sample dropped, at P7's place (chapter 6).
+DROP_PATH = "P7path"
 
 POSITIONS: dict[str, dict[str, str]] = {
     "preresnet-basic": {
@@ -121,9 +130,34 @@ def _check_depth(depth: int, block: str) -> int:
 def with_dropout(slots: Sequence[Slot], at: str | None, p: float,
                  layer: Callable[[float], nn.Module] = nn.Dropout) -> nn.Sequential:
     """An ``nn.Sequential`` of the modules in ``slots``, with ``layer(p)`` (``nn.Dropout(p)``) at
-    every slot whose name equals ``at``; the other names are dropped from the sequence."""
+    every slot whose name equals ``at``; the other names are dropped from the sequence.
+    ``at="P7path"`` puts :func:`droplab.dropout.drop_path` (DropPath) in the slot "P7"."""
+    if at == DROP_PATH:
+        at, layer = "P7", drop_path
     return nn.Sequential(*[layer(p) if s == at else s for s in slots
                            if isinstance(s, nn.Module) or s == at])
+
+
+def norm2d(norm: str, channels: int) -> nn.Module:
+    """The normalization layer of a PreResNet over ``channels`` channels (chapter 6).
+
+    ``"batch"``: ``BatchNorm2d``, batch statistics in training, running ones at inference.
+    ``"group"``: ``GroupNorm`` in groups of :data:`GROUP_SIZE` channels (Wu & He 2018).
+    ``"layer"``: LayerNorm over (C, H, W), written as ``GroupNorm(1, C)``: one mean and
+    variance per sample, with a per-channel scale and shift (``nn.LayerNorm`` would fix
+    H and W and learn one per position). GN and LN normalize each sample with its own
+    statistics, in training and at inference alike: they keep no running statistics.
+    """
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    if norm == "layer":
+        return nn.GroupNorm(1, channels)
+    if norm != "group":
+        raise ValueError(f"unknown norm {norm!r}; valid norms are {', '.join(NORMS)}")
+    if channels % GROUP_SIZE:
+        raise ValueError(f"GroupNorm in groups of {GROUP_SIZE} channels needs a channel count divisible by "
+                         f"{GROUP_SIZE}; got {channels} channels (choose a width divisible by {GROUP_SIZE})")
+    return nn.GroupNorm(channels // GROUP_SIZE, channels)
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -142,7 +176,7 @@ class ResidualBlock(nn.Module):
     ``pre`` is dropout at P0 (else identity), so the shortcut sees the dropped
     input too; ``shortcut`` is the identity or a projection; ``post`` is the
     ReLU after the addition in ResNetV1 (else identity). The convolutional
-    blocks below and the fully connected :func:`mlp_block` are all this class.
+    blocks below and the fully connected :func:`droplab.inconsistency.mlp_block` are all this class.
     """
 
     def __init__(self, branch: nn.Module, shortcut: nn.Module | None = None, pre: nn.Module | None = None,
@@ -162,23 +196,26 @@ def _p0(at: str | None, p: float) -> nn.Module | None:  # the dropout on the blo
     return nn.Dropout(p) if at == "P0" else None
 
 
-def preact_basic_block(cin: int, cout: int, stride: int, at: str | None, p: float) -> ResidualBlock:
-    """PreResNet basic block (He et al. 2016b): x -> [BN1 ReLU Conv1 BN2 ReLU Conv2] + shortcut."""
+def preact_basic_block(cin: int, cout: int, stride: int, at: str | None, p: float,
+                       norm: str = "batch") -> ResidualBlock:
+    """PreResNet basic block (He et al. 2016b): x -> [BN1 ReLU Conv1 BN2 ReLU Conv2] + shortcut
+    (BN or another ``norm``, :func:`norm2d`)."""
     branch = with_dropout([
-        "P1", nn.BatchNorm2d(cin), "P2", nn.ReLU(), "P3", conv3x3(cin, cout, stride), "P4",
-        nn.BatchNorm2d(cout), "P5", nn.ReLU(), "P6", conv3x3(cout, cout), "P7",
+        "P1", norm2d(norm, cin), "P2", nn.ReLU(), "P3", conv3x3(cin, cout, stride), "P4",
+        norm2d(norm, cout), "P5", nn.ReLU(), "P6", conv3x3(cout, cout), "P7",
     ], at, p)
     shortcut = conv1x1(cin, cout, stride) if (stride != 1 or cin != cout) else None
     return ResidualBlock(branch, shortcut, pre=_p0(at, p))
 
 
-def preact_bottleneck_block(cin: int, mid: int, stride: int, at: str | None, p: float) -> ResidualBlock:
+def preact_bottleneck_block(cin: int, mid: int, stride: int, at: str | None, p: float,
+                            norm: str = "batch") -> ResidualBlock:
     """PreResNet bottleneck block: three BN-ReLU-Conv stages (1x1, 3x3, 1x1), output 4*mid channels."""
     cout = 4 * mid
     branch = with_dropout([
-        "P1", nn.BatchNorm2d(cin), "P2", nn.ReLU(), "P3", conv1x1(cin, mid),
-        nn.BatchNorm2d(mid), nn.ReLU(), conv3x3(mid, mid, stride), "P4",
-        nn.BatchNorm2d(mid), "P5", nn.ReLU(), "P6", conv1x1(mid, cout), "P7",
+        "P1", norm2d(norm, cin), "P2", nn.ReLU(), "P3", conv1x1(cin, mid),
+        norm2d(norm, mid), nn.ReLU(), conv3x3(mid, mid, stride), "P4",
+        norm2d(norm, mid), "P5", nn.ReLU(), "P6", conv1x1(mid, cout), "P7",
     ], at, p)
     shortcut = conv1x1(cin, cout, stride) if (stride != 1 or cin != cout) else None
     return ResidualBlock(branch, shortcut, pre=_p0(at, p))
@@ -198,17 +235,18 @@ def v1_basic_block(cin: int, cout: int, stride: int, at: str | None, p: float) -
 # -------- The head (Kim et al. Figure 4) ----------------------------------------------
 
 def make_head(channels: int, num_classes: int, at: str | None = None, p: float = 0.1,
-              conv: bool = False) -> nn.Sequential:
+              conv: bool = False, norm: str = "batch") -> nn.Sequential:
     """``[H1 Conv1x1 H2 BN H3 ReLU] H4 GAP Flatten H5 FC H6 [Softmax H7]``.
 
     The head conv (channels -> channels) is built when ``conv`` or when ``at``
-    is H1-H3; the softmax only when ``at`` is H7 (the model then returns probabilities).
+    is H1-H3 (its BN is ``norm``, :func:`norm2d`); the softmax only when ``at`` is H7
+    (the model then returns probabilities).
     """
     check_position(at, HEAD_POSITION_NAMES, "the head")
     check_p(p, "head_p")
     slots: list[Slot] = []
     if conv or at in ("H1", "H2", "H3"):
-        slots += ["H1", conv1x1(channels, channels), "H2", nn.BatchNorm2d(channels), "H3", nn.ReLU()]
+        slots += ["H1", conv1x1(channels, channels), "H2", norm2d(norm, channels), "H3", nn.ReLU()]
     slots += ["H4", nn.AdaptiveAvgPool2d(1), nn.Flatten(), "H5", nn.Linear(channels, num_classes), "H6"]
     if at == "H7":
         slots += [nn.Softmax(dim=1), "H7"]
@@ -265,10 +303,10 @@ class _ResNet(_Network):
         return n, p, head_p
 
     def _finish(self, features: nn.Sequential, channels: int, num_classes: int, head_dropout_at: str | None,
-                head_p: float, head_conv: bool) -> None:
+                head_p: float, head_conv: bool, norm: str = "batch") -> None:
         """Attach the trunk and the head (Kim et al. Figure 4), then initialise every weight."""
         self.features = features
-        self.head = make_head(channels, num_classes, head_dropout_at, head_p, head_conv)
+        self.head = make_head(channels, num_classes, head_dropout_at, head_p, head_conv, norm)
         self.outputs_probabilities = head_dropout_at == "H7"
         _init(self)
 
@@ -284,25 +322,28 @@ class PreResNet(_ResNet):
     conv shortcut where they start, a final BN-ReLU. ``depth`` is 6n+2 (basic) or 9n+2 (bottleneck).
 
     ``dropout_at`` (P0-P7, Kim et al. Figure 2) puts ``nn.Dropout(p)`` at that position in *every*
-    block; ``head_dropout_at`` (H1-H7, Figure 4) one in the head with ``head_p`` (default ``p``).
+    block, ``"P7path"`` DropPath at P7's place (chapter 6); ``head_dropout_at`` (H1-H7, Figure 4)
+    one in the head with ``head_p`` (default ``p``). ``norm`` ("batch", "group", "layer",
+    :func:`norm2d`) is every normalization of the net: blocks, final, head (chapter 6).
     """
 
     def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3, width: int = 16,
                  block: str = "basic", dropout_at: str | None = None, head_dropout_at: str | None = None,
-                 p: float = 0.1, head_p: float | None = None, head_conv: bool = False):
+                 p: float = 0.1, head_p: float | None = None, head_conv: bool = False, norm: str = "batch"):
         super().__init__()
         if block not in BLOCKS:
             raise ValueError(f"unknown block type {block!r}; valid block types are {', '.join(BLOCKS)}")
-        n, p, head_p = self._check(depth, block, dropout_at, POSITION_NAMES, f"a PreResNet {block} block",
-                                   head_dropout_at, p, head_p)
+        n, p, head_p = self._check(depth, block, dropout_at, POSITION_NAMES + (DROP_PATH,),
+                                   f"a PreResNet {block} block", head_dropout_at, p, head_p)
+        self.norm = norm
         make = preact_basic_block if block == "basic" else preact_bottleneck_block
-        blocks, cin = _stages(width, n, lambda c, planes, stride: make(c, planes, stride, dropout_at, p),
+        blocks, cin = _stages(width, n, lambda c, planes, stride: make(c, planes, stride, dropout_at, p, norm),
                               expansion=1 if block == "basic" else 4)
         self._finish(nn.Sequential(
             conv3x3(in_channels, width),                        # stem
             *blocks,
-            nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU()),      # final BN-ReLU of the trunk
-        ), cin, num_classes, head_dropout_at, head_p, head_conv)
+            nn.Sequential(norm2d(norm, cin), nn.ReLU()),        # final BN-ReLU of the trunk
+        ), cin, num_classes, head_dropout_at, head_p, head_conv, norm)
 
 
 class ResNetV1(_ResNet):
@@ -328,7 +369,7 @@ class ResNetV1(_ResNet):
         ), cin, num_classes, head_dropout_at, head_p, head_conv)
 
 
-ARCHS: tuple[str, ...] = ("preresnet", "resnetv1")
+ARCHS: tuple[str, ...] = ("preresnet", "resnetv1", "vit")
 
 
 @dataclass(frozen=True)
@@ -339,7 +380,9 @@ class NetConfig:
     ``depth`` 6n+2 (basic) or 9n+2 (bottleneck); stage widths ``width, 2 width,
     4 width``; ``dropout_at`` P0-P7 in every block and ``head_dropout_at`` H1-H7
     in the head (Kim et al. Figures 2 and 4), with drop probabilities ``p`` and
-    ``head_p`` (None: ``p``); ``head_conv`` adds the head's 1x1 Conv-BN-ReLU.
+    ``head_p`` (None: ``p``); ``head_conv`` adds the head's 1x1 Conv-BN-ReLU;
+    ``norm`` "batch", "group" or "layer" (PreResNet, chapter 6). ``arch="vit"``
+    (:class:`droplab.transformer.ViT`, ``norm="layer"``): ``depth`` blocks of width ``width``, T0-T4.
     """
 
     arch: str = "preresnet"
@@ -353,19 +396,23 @@ class NetConfig:
     head_conv: bool = False
     in_channels: int = 1
     num_classes: int = 10
+    norm: str = "batch"
 
 
 def build(cfg: NetConfig) -> nn.Module:
-    """The network ``cfg`` describes (a :class:`PreResNet` or :class:`ResNetV1`)."""
+    """The network ``cfg`` describes (a :class:`PreResNet`, :class:`ResNetV1` or ViT)."""
     common = dict(num_classes=cfg.num_classes, in_channels=cfg.in_channels, width=cfg.width,
                   dropout_at=cfg.dropout_at, head_dropout_at=cfg.head_dropout_at, p=cfg.p,
                   head_p=cfg.head_p, head_conv=cfg.head_conv)
+    if cfg.arch == "vit":
+        from droplab.transformer import from_config   # it builds on this module
+        return from_config(cfg)
     if cfg.arch == "resnetv1":
-        if cfg.block != "basic":
-            raise ValueError(f"a ResNetV1 has basic blocks only, got block={cfg.block!r}")
+        if cfg.block != "basic" or cfg.norm != "batch":
+            raise ValueError(f"a ResNetV1 has basic blocks and BN only, got block={cfg.block!r}, norm={cfg.norm!r}")
         return ResNetV1(cfg.depth, **common)
     if cfg.arch == "preresnet":
-        return PreResNet(cfg.depth, block=cfg.block, **common)
+        return PreResNet(cfg.depth, block=cfg.block, norm=cfg.norm, **common)
     raise ValueError(f"unknown arch {cfg.arch!r}; valid archs are {', '.join(ARCHS)}")
 
 
@@ -438,55 +485,6 @@ class CNN(_Network):
         self.head = make_head(cin, num_classes)
         self.dropout_at = dropout_at
         _init(self)
-
-
-# -------- Fully connected blocks for the module tests (chapters 2-3, droplab.inconsistency) ----
-
-def he_linear(n_in: int, n_out: int | None = None, mean: float = 0.0, generator: torch.Generator | None = None,
-              dtype: torch.dtype = torch.float64) -> nn.Linear:
-    """A bias-free linear layer with weights i.i.d. N(mean, 2/n_in) (He et al. 2015 when mean = 0)."""
-    n_out = n_in if n_out is None else n_out
-    layer = nn.Linear(n_in, n_out, bias=False, dtype=dtype)
-    with torch.no_grad():
-        w = torch.randn(n_out, n_in, generator=generator, dtype=dtype) * math.sqrt(2.0 / n_in) + mean
-        layer.weight.copy_(w)
-    return layer
-
-
-def mlp_branch(width: int, dropout_at: str | None = "P6", p: float = 0.5, mean_w: float = 0.0, gamma: float = 1.0,
-               generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64) -> nn.Sequential:
-    """The fully connected analogue of the PreResNet branch, in execution order::
-
-        [P1] BN1 [P2] ReLU [P3] W1 [P4] BN2 [P5] ReLU [P6] W2 [P7]
-
-    with one :class:`~droplab.dropout.Dropout` at ``dropout_at`` (P1-P7;
-    ``None`` or ``"P0"`` puts none in the branch). Weights N(mean_w, 2/n),
-    BN2's scale set to ``gamma`` (the gamma_l of Kim et al. Eqs. 12-19).
-    """
-    check_position(dropout_at, POSITION_NAMES, "a fully connected block")
-    check_p(p)
-    bn2 = nn.BatchNorm1d(width, dtype=dtype)
-    with torch.no_grad():
-        bn2.weight.fill_(gamma)
-    return with_dropout([
-        "P1", nn.BatchNorm1d(width, dtype=dtype), "P2", nn.ReLU(),
-        "P3", he_linear(width, mean=mean_w, generator=generator, dtype=dtype), "P4", bn2, "P5", nn.ReLU(),
-        "P6", he_linear(width, mean=mean_w, generator=generator, dtype=dtype), "P7",
-    ], dropout_at, p, layer=Dropout)
-
-
-def mlp_block(width: int, dropout_at: str | None = "P6", p: float = 0.5, residual: bool = True, mean_w: float = 0.0,
-              gamma: float = 1.0, generator: torch.Generator | None = None,
-              dtype: torch.dtype = torch.float64) -> nn.Module:
-    """A fully connected PreResNet block (``residual``) or its branch alone, dropout at ``dropout_at``.
-
-    P0 puts dropout on the block input, before the split into shortcut and
-    branch (for a non-residual block it is then dropout before BN1).
-    """
-    branch = mlp_branch(width, dropout_at, p, mean_w, gamma, generator, dtype)
-    if dropout_at == "P0":
-        return ResidualBlock(branch, pre=Dropout(p)) if residual else nn.Sequential(Dropout(p), *branch)
-    return ResidualBlock(branch) if residual else branch
 
 
 def num_parameters(model: nn.Module) -> int:

@@ -107,7 +107,9 @@ class History:
     augmentation on), test loss and accuracy (NaN on epochs not evaluated), and
     the wall time of each epoch, evaluation included. ``diverged`` says the loss
     became NaN or infinite and the run stopped there; ``precision`` and
-    ``channels_last`` say which fast path trained it (:func:`fast_path`)."""
+    ``channels_last`` say which fast path trained it (:func:`fast_path`).
+    ``dropout_on`` says, per epoch, whether the dropout layers were on (False after
+    ``Recipe.dropout_epochs``, early dropout, chapter 6; True for a network without any)."""
 
     train_loss: list[float] = field(default_factory=list)
     train_acc: list[float] = field(default_factory=list)
@@ -117,6 +119,7 @@ class History:
     diverged: bool = False
     precision: str = "fp32"
     channels_last: bool = False
+    dropout_on: list[bool] = field(default_factory=list)
 
     @property
     def epochs_run(self) -> int:
@@ -132,7 +135,7 @@ class History:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; non-finite numbers become None."""
-        fix = lambda v: [x if math.isfinite(x) else None for x in v]  # noqa: E731
+        fix = lambda v: [x if isinstance(x, bool) or math.isfinite(x) else None for x in v]  # noqa: E731
         out = {k: fix(v) if isinstance(v, list) else v for k, v in asdict(self).items()}
         out["epochs_run"] = self.epochs_run
         return out
@@ -140,9 +143,11 @@ class History:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "History":
         back = lambda v: [math.nan if x is None else float(x) for x in v]  # noqa: E731
+        n = len(d["train_loss"])   # records from before early dropout had dropout on in every epoch
         return cls(**{k: back(d[k]) for k in ("train_loss", "train_acc", "test_loss", "test_acc", "seconds")},
                    diverged=bool(d.get("diverged", False)), precision=d.get("precision", "fp32"),
-                   channels_last=bool(d.get("channels_last", False)))
+                   channels_last=bool(d.get("channels_last", False)),
+                   dropout_on=[bool(x) for x in d.get("dropout_on", [True] * n)])
 
 
 # ----------------------------------------------------------------------------
@@ -185,6 +190,8 @@ class Recipe:
     kernels were measured to corrupt memory for 4-channel convolutions and to
     give gradients up to 2 % apart from the contiguous ones, so they are not
     trusted there.) ``compile`` wraps the model in ``torch.compile``.
+    Early dropout (Liu et al. 2023, chapter 6): with ``dropout_epochs = k`` every dropout
+    layer (DropPath too) is on for the first ``k`` epochs and off after; None: on all the way.
     """
 
     epochs: int = 10
@@ -203,6 +210,7 @@ class Recipe:
     precision: str = "auto"
     channels_last: bool | None = None
     compile: bool = False
+    dropout_epochs: int | None = None
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -212,6 +220,9 @@ class Recipe:
         if self.epochs < 1 or self.batch_size < 2 or self.eval_every < 1:
             raise ValueError(f"need epochs >= 1, batch_size >= 2 and eval_every >= 1, got "
                              f"{self.epochs}, {self.batch_size}, {self.eval_every}")
+        if (k := self.dropout_epochs) is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
+            raise ValueError(f"dropout_epochs is the number of epochs trained with dropout on (early dropout), "
+                             f"an int >= 0, or None for dropout all the way; got {k!r}")
 
 
 def native_bf16(dev: torch.device) -> bool:
@@ -281,6 +292,9 @@ def fit(model: nn.Module, train: Any, test: Any | None, recipe: Recipe | int | N
     more than one sample per batch). The same seed on the same machine gives
     the same history (``deterministic=False`` lets cuDNN pick the fastest,
     non-deterministic kernels); weights are initialised by the caller.
+    After ``recipe.dropout_epochs`` epochs (early dropout) each epoch puts only the dropout layers
+    in eval mode (:func:`droplab.dropout.set_dropout`): BN still trains on batch statistics, the
+    net trains as it is evaluated, and the model itself is not changed.
     """
     if recipe is None or isinstance(recipe, int):
         changes = {"epochs": recipe, **changes} if recipe is not None else changes
@@ -321,6 +335,10 @@ def fit(model: nn.Module, train: Any, test: Any | None, recipe: Recipe | int | N
     for epoch in bar:
         t0 = time.perf_counter()
         model.train()
+        dropout_on = r.dropout_epochs is None or epoch < r.dropout_epochs
+        if not dropout_on:
+            set_dropout(model, False)                  # early dropout: off from here on (chapter 6)
+        hist.dropout_on.append(dropout_on)
         perm = torch.randperm(n, device=dev, generator=gen)
         loss_sum = torch.zeros((), device=dev)
         correct = torch.zeros((), device=dev, dtype=torch.long)
