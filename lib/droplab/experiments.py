@@ -43,6 +43,7 @@ class Config:
     dropout_at: str | None = None      # P0-P7 (droplab.models.POSITIONS)
     head_dropout_at: str | None = None  # H1-H7 (droplab.models.HEAD_POSITIONS)
     head_conv: bool = False
+    norm: str = "batch"                # "batch", "group", "layer" (droplab.models.NORMS)
     baseline: str = "none"
     p: float | None = None
     changes: tuple[tuple[str, Any], ...] = ()
@@ -181,12 +182,66 @@ def _precision() -> Experiment:
                       tuple(configs), {"smoke": SMOKE, "class": EVIDENCE, "paper": PAPER})
 
 
+def _norm() -> Experiment:
+    """Dropout before the norm (P4) and after it (P6), in a PreResNet with BN and with
+    GroupNorm (chapter 6): does the harm of P4 need BN's running statistics?"""
+    configs = [Config("none"), Config("P4", dropout_at="P4"), Config("P6", dropout_at="P6")]
+    configs += [Config(f"group-{c.name}", dropout_at=c.dropout_at, norm="group", baseline="group-none")
+                for c in configs]
+    return Experiment("norm", "dropout before (P4) and after (P6) the second norm of every block, "
+                              "PreResNet with BatchNorm vs GroupNorm (chapter 6)",
+                      tuple(configs), {"smoke": SMOKE, "class": EVIDENCE, "paper": PAPER})
+
+
+# The ViT of chapter 6 (droplab.transformer): 4 pre-LN blocks of width 64 on 7x7 patches, AdamW.
+# On 1000 training images for 60 epochs at lr 2e-3 it fits them (99 %) and generalizes worse
+# (72 % on validation), the regime in which a regularizer can help, like EVIDENCE for the ResNets.
+VIT_SMOKE = replace(SMOKE, depth=2, width=16, recipe=replace(SMOKE.recipe, optimizer="adamw", lr=1e-3,
+                                                             weight_decay=0.05))
+VIT_EVIDENCE = replace(EVIDENCE, depth=4, width=64, recipe=replace(
+    EVIDENCE.recipe, epochs=60, eval_every=60, optimizer="adamw", lr=2e-3, weight_decay=0.05, warmup_epochs=2.0))
+VIT_PAPER = replace(PAPER, depth=6, width=192, recipe=replace(PAPER.recipe, optimizer="adamw", lr=1e-3,
+                                                               weight_decay=0.05, epochs=100, eval_every=100))
+
+
+def _vit() -> Experiment:
+    """Dropout at T0-T4 of a small pre-LN ViT (chapter 6), each against no dropout."""
+    from droplab.transformer import TRANSFORMER_POSITION_NAMES
+
+    configs = [Config("none", arch="vit", norm="layer")]
+    configs += [Config(t, arch="vit", norm="layer", dropout_at=t) for t in TRANSFORMER_POSITION_NAMES]
+    return Experiment("vit", "dropout at T0-T4 of a pre-LN vision transformer on 7x7 patches (chapter 6)",
+                      tuple(configs), {"smoke": VIT_SMOKE, "class": VIT_EVIDENCE, "paper": VIT_PAPER})
+
+
+# Early dropout (Liu et al. 2023): P6 on for the first k of the 25 epochs, then off; k is chosen
+# on validation. In EVIDENCE the no-dropout net overfits; UNDERFIT is the same net at width 8
+# with augmentation, which the `regime` pilot found fitting 81 % of its training images.
+EARLY_EPOCHS: tuple[int, ...] = (5, 10, 15)
+UNDERFIT: tuple[tuple[str, Any], ...] = (("width", 8), ("augment", True))
+
+
+def _early() -> Experiment:
+    """Standard dropout, early dropout (on for the first k epochs) and none at P6, in the
+    overfitting regime and in an underfitting one (chapter 6)."""
+    configs = []
+    for regime, changes in (("", ()), ("underfit-", UNDERFIT)):
+        base = f"{regime}none"
+        configs += [Config(base, baseline=base, changes=changes),
+                    Config(f"{regime}P6", dropout_at="P6", baseline=base, changes=changes)]
+        configs += [Config(f"{regime}P6-early{k}", dropout_at="P6", baseline=base,
+                           changes=changes + (("dropout_epochs", k),)) for k in EARLY_EPOCHS]
+    return Experiment("early", f"early dropout: P6 on for the first {', '.join(map(str, EARLY_EPOCHS))} "
+                               f"epochs only, vs all the way and none, overfitting and underfitting (chapter 6)",
+                      tuple(configs), {"smoke": SMOKE, "class": EVIDENCE, "paper": PAPER})
+
+
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     _residual("residual", 20), _residual("residual-56", 56), _head(),
-    _tuning("residual-p", ("P0", "P2", "P4", "P6", "P7"), head=False),
+    _tuning("residual-p", ("P0", "P2", "P4", "P6", "P7", "P7path"), head=False),
     _tuning("head-p", ("H4", "H5"), head=True,
             extra=[Config(n, p=p, head_conv=True, head_dropout_at=n[:2]) for n, p in NOISE_MATCHED.items()]),
-    _regime(), _precision())}
+    _regime(), _precision(), _norm(), _vit(), _early())}
 
 # Augmentation per data set: Fashion-MNIST and CIFAR crop (pad 2 at 28 px, 4 at 32 px) and flip;
 # the synthetic patterns are not mirror-symmetric, so no flip there.
@@ -228,7 +283,7 @@ def spec(experiment: str | Experiment, config: str | Config, scale: str, dataset
     info = data.info(ds)
     net = models.NetConfig(
         arch=cfg.arch, block=cfg.block, dropout_at=cfg.dropout_at, head_dropout_at=cfg.head_dropout_at,
-        head_conv=cfg.head_conv, p=sizes.p if cfg.p is None else cfg.p, in_channels=info.shape[0],
+        head_conv=cfg.head_conv, norm=cfg.norm, p=sizes.p if cfg.p is None else cfg.p, in_channels=info.shape[0],
         num_classes=info.num_classes, width=sizes.width,
         depth=sizes.bottleneck_depth if cfg.block == "bottleneck" else sizes.depth)
     net = replace(net, **{k: v for k, v in changes.items() if k in net_fields})

@@ -1,10 +1,13 @@
-"""Probes: measurements taken inside a network, trained or not, that train nothing (chapters 1, 2, 4, 5).
+"""Probes: measurements taken inside a network, trained or not, that train nothing (chapters 1, 2, 4-6).
 
 - :func:`neighbour_recovery`: how much of what dropout removes from a feature
   map the neighbours still hold (element vs spatial dropout, chapter 1);
 - :func:`bn_variance_shift` and :class:`BNShift`: the variance every BN layer
   sees at test time beside the running variance it normalizes with (Li et al.
   2019; chapters 2 and 5);
+- :func:`norm_shift` and :class:`NormShift`: Delta at the input and at the
+  output of every BatchNorm, GroupNorm and LayerNorm, training vs inference
+  (chapter 6);
 - :func:`per_sample_losses`: the loss and gradient norm each sample gets with
   fresh dropout masks (Kim et al. Section 2.4; chapter 4);
 - :func:`gradient_noise`: the spread of mini-batch gradients with and without
@@ -86,6 +89,33 @@ def neighbour_recovery(
     }
 
 
+class _Moments:
+    """Per-channel mean and (biased) variance of a stream of tensors, in float64, merged
+    chunk by chunk (Chan et al. 1979) over every dimension but ``channel_dim``."""
+
+    def __init__(self) -> None:
+        self.n, self.mean, self.m2 = 0, None, None
+
+    def add(self, h: torch.Tensor, channel_dim: int) -> None:
+        h = h.detach()
+        h = h.cpu() if h.device.type == "mps" else h
+        flat = h.to(torch.float64).movedim(channel_dim, -1).reshape(-1, h.shape[channel_dim])
+        n_b, mean_b = flat.shape[0], flat.mean(0)
+        m2_b = ((flat - mean_b) ** 2).sum(0)
+        if self.mean is None:
+            self.n, self.mean, self.m2 = n_b, mean_b, m2_b
+            return
+        n = self.n + n_b
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * n_b / n
+        self.m2 = self.m2 + m2_b + delta**2 * self.n * n_b / n
+        self.n = n
+
+    @property
+    def var(self) -> torch.Tensor:
+        return self.m2 / self.n
+
+
 @dataclass
 class BNShift:
     """What one batch normalization layer sees at test time, beside what it normalizes with.
@@ -142,22 +172,10 @@ def bn_variance_shift(
     if not bns:
         raise ValueError("the model has no batch normalization layer: there is no running variance to compare with")
     names = {id(m): name for name, m in bns}
-    acc: dict[int, list] = {}  # id -> [n, mean (C,), M2 (C,)], in the order the layers are reached
+    acc: dict[int, _Moments] = {}  # in the order the layers are reached
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
-        h = inputs[0].detach()
-        h = h.cpu() if h.device.type == "mps" else h
-        flat = h.to(torch.float64).movedim(1, -1).reshape(-1, h.shape[1])
-        n_b = flat.shape[0]
-        mean_b = flat.mean(0)
-        m2_b = ((flat - mean_b) ** 2).sum(0)
-        if id(module) not in acc:
-            acc[id(module)] = [n_b, mean_b, m2_b]
-            return
-        n_a, mean_a, m2_a = acc[id(module)]
-        n = n_a + n_b
-        delta = mean_b - mean_a
-        acc[id(module)] = [n, mean_a + delta * n_b / n, m2_a + m2_b + delta**2 * n_a * n_b / n]  # Chan et al.
+        acc.setdefault(id(module), _Moments()).add(inputs[0], channel_dim=1)
 
     handles = [m.register_forward_hook(hook) for _, m in bns]
     try:
@@ -171,16 +189,95 @@ def bn_variance_shift(
             h.remove()
     modules = {id(m): m for _, m in bns}
     out = []
-    for depth, (key, (n, mean, m2)) in enumerate(acc.items(), start=1):
+    for depth, (key, mom) in enumerate(acc.items(), start=1):
         bn = modules[key]
         out.append(BNShift(
             name=names[key],
             depth=depth,
-            input_mean=mean.cpu(),
-            input_var=(m2 / n).cpu(),
+            input_mean=mom.mean.cpu(),
+            input_var=mom.var.cpu(),
             running_mean=bn.running_mean.detach().to(torch.float64).cpu(),
             running_var=bn.running_var.detach().to(torch.float64).cpu(),
         ))
+    return out
+
+
+NORM_KINDS: tuple[str, ...] = ("batch", "group", "layer")
+
+
+def norm_kind(module: nn.Module) -> str | None:
+    """ "batch", "group" or "layer" for a normalization layer (``GroupNorm(1, C)`` and
+    ``nn.LayerNorm`` are LayerNorm), None for any other module."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return "batch"
+    if isinstance(module, nn.LayerNorm) or (isinstance(module, nn.GroupNorm) and module.num_groups == 1):
+        return "layer"
+    return "group" if isinstance(module, nn.GroupNorm) else None
+
+
+@dataclass
+class NormShift:
+    """What one normalization layer receives and returns in training and at inference (chapter 6).
+
+    ``input_ratio`` is Delta at its input, Var(inference) / Var(training) per
+    channel averaged over channels (Li et al.'s variance shift, Eq. 6 for a
+    dropout right before it); ``output_ratio`` the same ratio of its output. A
+    BN normalizes at inference with running statistics gathered in training,
+    so its output keeps the shift; GroupNorm and LayerNorm normalize each
+    sample with its own statistics, so their output ratio is about 1.
+    """
+
+    name: str
+    kind: str
+    depth: int
+    input_ratio: float
+    output_ratio: float
+
+
+def norm_shift(model: nn.Module, x: torch.Tensor, *, seed: int = 0, batch_size: int = 1024) -> list[NormShift]:
+    """For every normalization layer of ``model`` (BatchNorm, GroupNorm, LayerNorm), in the
+    order the forward pass reaches it: Delta at its input and at its output (:class:`NormShift`).
+
+    Two passes over ``x`` (chunks of ``batch_size``, no gradients): the
+    training one in train mode (dropout on with masks from ``seed``, BN on
+    batch statistics, its running buffers restored afterwards) and the
+    inference one in eval mode. Forward hooks gather each layer's input and
+    output moments per channel (dimension 1; the last one for ``nn.LayerNorm``,
+    which normalizes over it). Modes and buffers are left as they were.
+    """
+    norms = [(name, m) for name, m in model.named_modules() if norm_kind(m) is not None]
+    if not norms:
+        raise ValueError("the model has no normalization layer (BatchNorm, GroupNorm or LayerNorm) to probe")
+    passes: dict[str, dict[int, tuple[_Moments, _Moments]]] = {"train": {}, "eval": {}}
+    current: dict[int, tuple[_Moments, _Moments]] = {}
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        dim = -1 if isinstance(module, nn.LayerNorm) else 1
+        m_in, m_out = current.setdefault(id(module), (_Moments(), _Moments()))
+        m_in.add(inputs[0], channel_dim=dim)
+        m_out.add(out, channel_dim=dim)
+
+    handles = [m.register_forward_hook(hook) for _, m in norms]
+    try:
+        with keep_modes(model), saved_buffers(model), torch.no_grad():
+            for mode in ("train", "eval"):
+                current = passes[mode]
+                model.train(mode == "train")
+                with seeded_masks(seed, x.device):
+                    for chunk in torch.split(x, batch_size):
+                        model(chunk)
+    finally:
+        for h in handles:
+            h.remove()
+    modules = dict(norms)
+    names = {id(m): name for name, m in norms}
+    out = []
+    for depth, key in enumerate(passes["train"], start=1):
+        (tr_in, tr_out), (ev_in, ev_out) = passes["train"][key], passes["eval"][key]
+        name = names[key]
+        out.append(NormShift(name=name, kind=norm_kind(modules[name]), depth=depth,
+                             input_ratio=(ev_in.var / tr_in.var).mean().item(),
+                             output_ratio=(ev_out.var / tr_out.var).mean().item()))
     return out
 
 

@@ -170,6 +170,7 @@ def _show_progress(progress: bool) -> bool:
 
 PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp32")
 SCHEDULES: tuple[str, ...] = ("cosine", "linear")
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,8 @@ class Recipe:
     kernels were measured to corrupt memory for 4-channel convolutions and to
     give gradients up to 2 % apart from the contiguous ones, so they are not
     trusted there.) ``compile`` wraps the model in ``torch.compile``.
+    ``optimizer`` "sgd" (the ResNets') or "adamw" (the ViT's: decoupled weight decay
+    ``weight_decay``, ``momentum`` unused; Loshchilov & Hutter 2019).
     Early dropout (Liu et al. 2023, chapter 6): with ``dropout_epochs = k`` every dropout
     layer (DropPath too) is on for the first ``k`` epochs and off after; None: on all the way.
     """
@@ -211,10 +214,13 @@ class Recipe:
     channels_last: bool | None = None
     compile: bool = False
     dropout_epochs: int | None = None
+    optimizer: str = "sgd"
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; valid schedules are {', '.join(SCHEDULES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid optimizers are {', '.join(OPTIMIZERS)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; valid precisions are {', '.join(PRECISIONS)}")
         if self.epochs < 1 or self.batch_size < 2 or self.eval_every < 1:
@@ -325,8 +331,12 @@ def fit(model: nn.Module, train: Any, test: Any | None, recipe: Recipe | int | N
         model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if path.compile else model
     loss_fn = criterion(model)
-    opt = torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum, nesterov=r.nesterov,
-                          weight_decay=r.weight_decay, **({"fused": True} if dev.type == "cuda" else {}))
+    fused = {"fused": True} if dev.type == "cuda" else {}
+    if r.optimizer == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=r.lr, weight_decay=r.weight_decay, **fused)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum, nesterov=r.nesterov,
+                              weight_decay=r.weight_decay, **fused)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, r.schedule))
 
     hist = History(precision=path.precision, channels_last=path.channels_last)
