@@ -88,10 +88,10 @@ def test_unknown_position_is_rejected() -> None:
 
 
 def test_next_bn_names_a_bn_for_every_position() -> None:
-    assert set(inconsistency.NEXT_BN) == set(models.POSITION_NAMES)
+    assert set(inconsistency.NEXT_BN) == set(models.POSITION_NAMES) | {models.DROP_PATH}
     assert {inconsistency.NEXT_BN[p] for p in ("P0", "P1")} == {"BN1"}
     assert {inconsistency.NEXT_BN[p] for p in ("P2", "P3", "P4")} == {"BN2"}
-    assert {inconsistency.NEXT_BN[p] for p in ("P5", "P6", "P7")} == {"out"}
+    assert {inconsistency.NEXT_BN[p] for p in ("P5", "P6", "P7", "P7path")} == {"out"}
 
 
 def test_chapter_3s_stacked_blocks_are_the_block_outputs() -> None:

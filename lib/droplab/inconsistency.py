@@ -11,6 +11,7 @@ function                          measures                                      
 :func:`block_ratio`               Delta of one block, f(x0) or x0 + f(x0), at P6     Prop. 3, Eqs. 21-23
 :func:`stacked_ratios`            Delta at every BN input of a stack of blocks       Prop. 4, Eqs. 26-31
 :func:`shift_at_next_bn`          Delta at the first BN after each block's dropout   Section 2.3
+:func:`norm_after_dropout`        Delta at the input and output of BN, GN, LN        chapter 6
 :func:`head_variances_iid`        Var at H4 and H5 for i.i.d. features               Prop. 5, Eqs. 34-35
 :func:`head_variances_on`         the same on a real feature map (N, C, H, W)        Eq. 6 per input
 ================================  ===============================================  =====================
@@ -164,6 +165,7 @@ def block_ratio(
 #: (``"out"``), after the skip connection has added the shortcut.
 NEXT_BN: dict[str, str] = {
     "P0": "BN1", "P1": "BN1", "P2": "BN2", "P3": "BN2", "P4": "BN2", "P5": "out", "P6": "out", "P7": "out",
+    DROP_PATH: "out",   # DropPath at P7's place (chapter 6)
 }
 
 
@@ -181,8 +183,8 @@ def stacked_ratios(
     """Delta at the input of every BN of ``depth`` stacked fully connected PreResNet blocks
     (Kim et al. Proposition 4 and Section 2.3).
 
-    Each block is :func:`~droplab.models.mlp_block` with dropout at ``position``
-    (P0-P7). Returns a dict of lists, one value per block l = 1..depth:
+    Each block is :func:`mlp_block` with dropout at ``position``
+    (P0-P7, or ``"P7path"``: DropPath at P7's place). Returns a dict of lists, one value per block l = 1..depth:
 
     - ``"BN1"``: Delta of the input of block l's first BN,
     - ``"BN2"``: Delta of the input of block l's second BN,
@@ -201,8 +203,8 @@ def stacked_ratios(
     """
     if bn not in ("train", "running"):
         raise ValueError(f"bn must be 'train' (batch statistics in both passes) or 'running'; got {bn!r}")
-    if position not in POSITION_NAMES:
-        raise ValueError(f"position must be one of {', '.join(POSITION_NAMES)}; got {position!r}")
+    if position not in NEXT_BN:
+        raise ValueError(f"position must be one of {', '.join(NEXT_BN)}; got {position!r}")
     check_p(p)
     batch = batch or default_batch()
     g = _gen(seed)
@@ -259,6 +261,32 @@ def shift_at_next_bn(depth: int, position: str = "P6", p: float = 0.5, width: in
     it compounds with depth, because the shortcut carries the dropped input.
     """
     return stacked_ratios(depth, position, p, width, batch, seed, var_x0)[NEXT_BN[position]]
+
+
+def norm_after_dropout(norm: str, p: float, mean: float = 0.0, var: float = 1.0, channels: int = 16,
+                       batch: int | None = None, seed: int = 0):  # noqa: ANN201 (a probes.NormShift)
+    """Dropout(p) right before one normalization layer, ``models.norm2d(norm, channels)``
+    (BN, GroupNorm in groups of 4 channels, or LayerNorm), on features N(``mean``, ``var``)
+    of shape (``batch``, ``channels``, 4, 4): Delta at the layer's input and output
+    (:func:`droplab.probes.norm_shift`, chapter 6). A BN first gathers its running
+    statistics over the same features with dropout on (training passes, cumulative average),
+    as it does in a network trained with dropout before it.
+    Formulas: :func:`droplab.variance.dropout_ratio` at the input,
+    :func:`droplab.variance.norm_output_ratio` at the output."""
+    from droplab.models import norm2d
+    from droplab.probes import norm_shift
+
+    check_p(p)
+    n = batch or default_batch()
+    x = mean + math.sqrt(var) * torch.randn(n, channels, 4, 4, generator=_gen(seed))
+    block = nn.Sequential(nn.Dropout(p), norm2d(norm, channels))
+    if norm == "batch":
+        block[1].momentum = None
+        block.train()
+        with torch.no_grad(), seeded_masks(seed + 1):
+            for chunk in torch.split(x, 256):
+                block(chunk)
+    return norm_shift(block, x, seed=seed + 2, batch_size=256)[0]
 
 
 # --------------------------------------------------------------------------- Proposition 5: the head

@@ -249,6 +249,10 @@ _BRANCHES: dict[str, list[tuple[str, str]]] = {
     ],
     "resnetv1": [("Conv1", "weight"), ("BN1", "bn"), ("ReLU", "act"), ("Conv2", "weight"), ("BN2", "bn")],
     "head": [("Conv1x1", "weight"), ("BN", "bn"), ("act", "act"), ("GAP", "other"), ("FC", "weight"), ("softmax", "other")],
+    # The two residual blocks of a pre-LN transformer block (chapter 6), the attention written out.
+    "attention": [("LN", "bn"), ("Linear qkv", "weight"), ("QKᵀ/√d", "other"), ("softmax", "other"),
+                  ("· V", "other"), ("Linear", "weight")],
+    "mlp": [("LN", "bn"), ("Linear", "weight"), ("GELU", "act"), ("Linear", "weight")],
 }
 
 #: Default position names: the first is the block input (before the split), then one per arrow
@@ -261,6 +265,9 @@ DEFAULT_LABELS: dict[str, list[str]] = {
     "bottleneck": ["P0", "P1", "P2", "P3", "", "", "", "P4", "P5", "P6", "P7"],
     "resnetv1": [f"P{i}" for i in range(7)],
     "head": [f"H{i}" for i in range(1, 8)],
+    # T0 is on the embeddings, once: the input of the first block's attention branch.
+    "attention": ["T0", "", "", "", "", "T1", "", "T2"],
+    "mlp": ["", "", "", "", "T3", "T4"],
 }
 _ARCH = {"preresnet": "preresnet-basic", "bottleneck": "preresnet-bottleneck", "resnetv1": "resnetv1", "head": "head"}
 
@@ -274,7 +281,8 @@ def position_diagram(
     """Draw a block (or the head) as boxes in execution order with the dropout positions on the arrows.
 
     ``kind``: ``"preresnet"`` (P0-P7, Kim et al. Figure 2), ``"head"``
-    (H1-H7, Figure 4), ``"bottleneck"`` or ``"resnetv1"``. Residual kinds
+    (H1-H7, Figure 4), ``"bottleneck"``, ``"resnetv1"``, or the two halves of a
+    pre-LN transformer block, ``"attention"`` and ``"mlp"`` (T0-T4, chapter 6). Residual kinds
     draw the shortcut and the addition; P0 sits on the input before the split.
     ``highlight`` marks positions in the highlight colour (``"guideline"``
     marks Guideline 1 or 2). ``labels`` overrides the position names.
@@ -295,6 +303,8 @@ def position_diagram(
     if highlight == "guideline":
         from droplab.models import GUIDELINE
 
+        if kind not in _ARCH:
+            raise ValueError(f"no guideline covers a {kind!r} block; name the positions to highlight instead")
         hl = set(GUIDELINE[_ARCH[kind]])
     elif isinstance(highlight, str):
         hl = {highlight}
@@ -370,6 +380,8 @@ def position_diagram(
         "bottleneck": "PreResNet bottleneck block: dropout positions",
         "resnetv1": "ResNetV1 basic block: dropout positions",
         "head": "Classification head: dropout positions H1–H7",
+        "attention": "Pre-LN transformer, attention half: T0 (first block only), T1, T2",
+        "mlp": "Pre-LN transformer, MLP half: T3, T4",
     }
     ax.set_title(title or default_titles[kind], fontsize=11, fontweight="bold")
     return fig

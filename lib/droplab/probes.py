@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from droplab.dropout import check_p, dropout_modules, keep_modes, mask, saved_buffers, seeded_masks, set_dropout
+from droplab.dropout import check_p, dropout_modules, is_dropout, keep_modes, mask, saved_buffers, seeded_masks, set_dropout
 from droplab.train import EPS, criterion, model_device, outputs_probabilities, stats_for, to_device
 
 
@@ -114,6 +114,10 @@ class _Moments:
     @property
     def var(self) -> torch.Tensor:
         return self.m2 / self.n
+
+    @property
+    def square_mean(self) -> torch.Tensor:
+        return self.var + self.mean**2
 
 
 @dataclass
@@ -221,10 +225,13 @@ class NormShift:
 
     ``input_ratio`` is Delta at its input, Var(inference) / Var(training) per
     channel averaged over channels (Li et al.'s variance shift, Eq. 6 for a
-    dropout right before it); ``output_ratio`` the same ratio of its output. A
-    BN normalizes at inference with running statistics gathered in training,
-    so its output keeps the shift; GroupNorm and LayerNorm normalize each
-    sample with its own statistics, so their output ratio is about 1.
+    dropout right before it). ``output_ratio`` is the same for the scale of
+    its normalized output before the affine ``weight`` and ``bias``: the mean
+    square of that output, averaged over channels, at inference over in
+    training. In training it is 1 for every norm; a BN normalizes at inference
+    with running statistics gathered in training, so its output keeps the
+    shift; GroupNorm and LayerNorm normalize every group of every sample to
+    mean square 1 with its own statistics, so their output ratio is 1.
     """
 
     name: str
@@ -232,6 +239,7 @@ class NormShift:
     depth: int
     input_ratio: float
     output_ratio: float
+    after_dropout: bool = False   # a dropout layer comes right before it in its nn.Sequential
 
 
 def norm_shift(model: nn.Module, x: torch.Tensor, *, seed: int = 0, batch_size: int = 1024) -> list[NormShift]:
@@ -242,8 +250,9 @@ def norm_shift(model: nn.Module, x: torch.Tensor, *, seed: int = 0, batch_size: 
     training one in train mode (dropout on with masks from ``seed``, BN on
     batch statistics, its running buffers restored afterwards) and the
     inference one in eval mode. Forward hooks gather each layer's input and
-    output moments per channel (dimension 1; the last one for ``nn.LayerNorm``,
-    which normalizes over it). Modes and buffers are left as they were.
+    (affine map undone) output moments per channel (dimension 1; the last one
+    for ``nn.LayerNorm``, which normalizes over it, one-dimensional
+    ``normalized_shape``). Modes and buffers are left as they were.
     """
     norms = [(name, m) for name, m in model.named_modules() if norm_kind(m) is not None]
     if not norms:
@@ -255,7 +264,14 @@ def norm_shift(model: nn.Module, x: torch.Tensor, *, seed: int = 0, batch_size: 
         dim = -1 if isinstance(module, nn.LayerNorm) else 1
         m_in, m_out = current.setdefault(id(module), (_Moments(), _Moments()))
         m_in.add(inputs[0], channel_dim=dim)
-        m_out.add(out, channel_dim=dim)
+        w, b = getattr(module, "weight", None), getattr(module, "bias", None)
+        shape = [1] * out.dim()
+        shape[dim] = -1
+        if b is not None:
+            out = out - b.detach().reshape(shape)
+        if w is not None:
+            out = out / w.detach().reshape(shape)
+        m_out.add(out, channel_dim=dim)              # the normalized output before the affine map
 
     handles = [m.register_forward_hook(hook) for _, m in norms]
     try:
@@ -271,13 +287,16 @@ def norm_shift(model: nn.Module, x: torch.Tensor, *, seed: int = 0, batch_size: 
             h.remove()
     modules = dict(norms)
     names = {id(m): name for name, m in norms}
+    after = {id(b) for seq in model.modules() if isinstance(seq, nn.Sequential)
+             for a, b in zip(list(seq)[:-1], list(seq)[1:]) if is_dropout(a)}
     out = []
     for depth, key in enumerate(passes["train"], start=1):
         (tr_in, tr_out), (ev_in, ev_out) = passes["train"][key], passes["eval"][key]
         name = names[key]
         out.append(NormShift(name=name, kind=norm_kind(modules[name]), depth=depth,
                              input_ratio=(ev_in.var / tr_in.var).mean().item(),
-                             output_ratio=(ev_out.var / tr_out.var).mean().item()))
+                             output_ratio=(ev_out.square_mean.mean() / tr_out.square_mean.mean()).item(),
+                             after_dropout=key in after))
     return out
 
 

@@ -11,7 +11,8 @@ trained) and keeps its weights; none trains. What they are for:
 - :func:`insert_dropout`: dropout after chosen layers of a built network (chapters 2 and 5);
 - :func:`with_head_dropout`: a copy of a trained network with its head's
   dropout moved to H1-H7 (chapter 4, Kim et al. Section 2.4);
-- :func:`replace_classifier`: a fresh last layer for fine-tuning (chapter 5, claim 4).
+- :func:`replace_classifier`: a fresh last layer for fine-tuning (chapter 5, claim 4);
+- :func:`copy_weights`: one trained network's weights in a copy with dropout elsewhere (chapter 6).
 """
 
 from __future__ import annotations
@@ -188,3 +189,25 @@ def replace_classifier(model: nn.Module, num_classes: int) -> nn.Module:
     new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
     setattr(owner, name, new.to(device=old.weight.device, dtype=old.weight.dtype))
     return model
+
+
+def copy_weights(src: nn.Module, dst: nn.Module) -> nn.Module:
+    """Give ``dst`` the parameters and buffers of ``src``, tensor by tensor in order; return ``dst``.
+
+    For two networks that differ only in layers without weights, i.e. in where dropout
+    sits (``models.build`` of two configs that differ in ``dropout_at``): the
+    state-dict keys then differ (a dropout layer shifts the indices after it) but
+    the tensors come in the same order with the same shapes. Anything else is
+    refused. ``input_stats`` (the normalization :func:`droplab.train.fit` keeps)
+    is copied too. Chapter 6 puts dropout at each position of one trained ViT this way.
+    """
+    a, b = list(src.state_dict().items()), list(dst.state_dict().items())
+    mismatch = [(ka, kb) for (ka, va), (kb, vb) in zip(a, b) if va.shape != vb.shape]
+    if len(a) != len(b) or mismatch:
+        raise ValueError(f"the two networks differ in more than where dropout sits: {len(a)} vs {len(b)} "
+                         f"tensors" + (f", first different shapes at {mismatch[0][0]} / {mismatch[0][1]}"
+                                       if mismatch else ""))
+    dst.load_state_dict({kb: va for (_, va), (kb, _) in zip(a, b)})
+    if hasattr(src, "input_stats"):
+        dst.input_stats = src.input_stats  # type: ignore[assignment]
+    return dst

@@ -27,7 +27,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -42,20 +42,28 @@ from droplab.train import Recipe
 # Running
 # ----------------------------------------------------------------------------
 
-def run_one(experiment: str | Experiment, config: str | Config, seed: int, *, scale: str | None = None,
-            dataset: str | None = None, results_dir: str | Path | None = None,
-            device: str | None = None, path: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train one (config, seed) and write its record; returns the record.
+@dataclass
+class Trained:
+    """One trained run, in memory: the network, its :class:`droplab.train.History`, the
+    training, validation and test images it used and the spec that decided it."""
 
-    ``path`` (a record's ``fast_path``: ``precision``, ``channels_last``) makes
-    the run use that precision and memory format whatever the recipe's ``auto``
-    would choose on this machine (:func:`reproduce` trains as the record did);
-    the stored spec stays the registry's, the record's ``fast_path`` says what ran.
+    model: Any
+    history: Any
+    train: Any
+    val: Any
+    test: Any
+    spec: dict[str, Any]
+    scale: str
+    dataset: str
+    train_seconds: float
 
-    After training, the network is evaluated (dropout off, one batched pass) on
-    its un-augmented training images, the validation images and the test
-    images: ``final_train_acc``, ``final_val_acc``, ``final_test_acc``."""
-    import torch
+
+def train_one(experiment: str | Experiment, config: str | Config, seed: int, *, scale: str | None = None,
+              dataset: str | None = None, device: str | None = None, path: dict[str, Any] | None = None
+              ) -> Trained:
+    """Train one (config, seed) exactly as its record is made, and return it (:class:`Trained`)
+    instead of writing a record: a chapter that probes a trained network of an experiment
+    trains it with the registry's spec, not a copy of it. ``path`` as in :func:`run_one`."""
     from droplab import models, repro, train
 
     exp = get(experiment)
@@ -74,24 +82,48 @@ def run_one(experiment: str | Experiment, config: str | Config, seed: int, *, sc
         recipe = replace(recipe, precision=path["precision"], channels_last=path["channels_last"])
     hist = train.fit(model, tr, None, recipe, seed=seed, device=dev, progress=False,
                      deterministic=sc != "paper")
-    train_seconds = time.perf_counter() - t0
+    return Trained(model, hist, tr, va, te, run_spec, sc, ds, time.perf_counter() - t0)
+
+
+def run_one(experiment: str | Experiment, config: str | Config, seed: int, *, scale: str | None = None,
+            dataset: str | None = None, results_dir: str | Path | None = None,
+            device: str | None = None, path: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train one (config, seed) (:func:`train_one`) and write its record; returns the record.
+
+    ``path`` (a record's ``fast_path``: ``precision``, ``channels_last``) makes
+    the run use that precision and memory format whatever the recipe's ``auto``
+    would choose on this machine (:func:`reproduce` trains as the record did);
+    the stored spec stays the registry's, the record's ``fast_path`` says what ran.
+
+    After training, the network is evaluated (dropout off, one batched pass) on
+    its un-augmented training images, the validation images and the test
+    images: ``final_train_acc``, ``final_val_acc``, ``final_test_acc``."""
+    import torch
+    from droplab import models, repro, train
+
+    exp = get(experiment)
+    cfg = config if isinstance(config, Config) else exp.config(config)
+    run = train_one(exp, cfg, seed, scale=scale, dataset=dataset, device=device, path=path)
+    model, hist, tr, va, te = run.model, run.history, run.train, run.val, run.test
+    t0 = time.perf_counter()
     finals: dict[str, float | None] = {}
     for name, split in (("train", tr), ("val", va), ("test", te)):
         loss, acc = (train.evaluate(model, split) if not hist.diverged and len(split.labels)
                      else (math.nan, math.nan))
         finals[f"final_{name}_acc"] = acc if math.isfinite(acc) else None
         finals[f"final_{name}_loss"] = loss if math.isfinite(loss) else None
-    wall = time.perf_counter() - t0
+    wall = run.train_seconds + time.perf_counter() - t0      # training and evaluation, not data loading
+    dev = next(model.parameters()).device
     record = {
-        "status": "complete", "experiment": exp.name, "scale": sc, "dataset": ds,
-        "config": {**asdict(cfg), "changes": dict(cfg.changes)}, "seed": seed, "spec": run_spec,
+        "status": "complete", "experiment": exp.name, "scale": run.scale, "dataset": run.dataset,
+        "config": {**asdict(cfg), "changes": dict(cfg.changes)}, "seed": seed, "spec": run.spec,
         "num_parameters": models.num_parameters(model), "train_size": len(tr.labels),
         "val_size": len(va.labels), "test_size": len(te.labels), "history": hist.to_dict(), **finals,
-        "fast_path": asdict(model.fast_path), "train_seconds": train_seconds, "wall_seconds": wall,
+        "fast_path": asdict(model.fast_path), "train_seconds": run.train_seconds, "wall_seconds": wall,
         "provenance": repro.provenance(dev),
     }
-    write_atomic(record_dir(exp.name, sc, ds, results_dir) / f"{cfg.name}-seed{seed}.json", record)
-    del model
+    write_atomic(record_dir(exp.name, run.scale, run.dataset, results_dir) / f"{cfg.name}-seed{seed}.json", record)
+    del model, run
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     return record

@@ -104,6 +104,19 @@ def dropout_ratio(var_x, mean_x, p):  # noqa: ANN001,ANN201
     return var_x / expected_output_variance(var_x, mean_x, p)
 
 
+def norm_output_ratio(norm, var_x, mean_x, p):  # noqa: ANN001,ANN201
+    """Delta at the output of a normalization right after dropout (chapter 6): a BN normalizes
+    at inference with the running statistics of training, so its output keeps the input's
+    Delta (:func:`dropout_ratio`); GroupNorm and LayerNorm (``norm`` "group", "layer")
+    normalize each sample with its own statistics, so their output's variance is 1 in
+    both modes and Delta is 1 whatever ``p``."""
+    if norm == "batch":
+        return dropout_ratio(var_x, mean_x, p)
+    if norm not in ("group", "layer"):
+        raise ValueError(f"unknown norm {norm!r}; valid norms are batch, group, layer")
+    return 1.0 + 0.0 * p
+
+
 def relu_gaussian_mean(gamma=1.0):  # noqa: ANN001,ANN201
     """E[ReLU(z)] = gamma / sqrt(2 pi) for z ~ N(0, gamma^2) (Kim et al. Eq. 12)."""
     return gamma / math.sqrt(2 * math.pi)
