@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The class-scale sweeps behind chapters 3-4 (issue 12), in the order the chapters need them.
+# The class-scale sweeps behind chapters 3-4 and 6 (issues 12 and 16), in the order the chapters need them.
 # Resumable: a rerun skips complete, current records. Both cores: two worker processes.
 # Every run in fp32 (--precision), as the first records were made on a CPU without native
 # bf16: a comparison never mixes precisions. The `precision` experiment measures bf16 itself.
-#   bash scripts/evidence_sweeps.sh   # about 230 runs of 20-70 s on one core (the CPU decides)
+#   bash scripts/evidence_sweeps.sh   # about 370 runs of 20-70 s on one core (the CPU decides)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -f .venv/bin/activate ] && . .venv/bin/activate
@@ -26,6 +26,13 @@ PY
 )
   run "$exp" --seeds 5 --only "none,$best"
 done
+# chapter 6: P6, P7 and DropPath at a common p = 0.1 with five seeds (their best p is in the loop above)
+run residual-p --seeds 5 --only P6-p0.1,P7-p0.1,P7path-p0.1
+# chapter 6: early dropout (both regimes), the ViT's T0-T4, P4/P6 with BN and with GroupNorm
+run early --seeds 5
+run early --seeds 10 --only underfit-none,underfit-P6,underfit-P6-early5,underfit-P6-early10,underfit-P6-early15
+run vit --seeds 5
+run norm --seeds 5
 # H4 and H5 at noise-matched rates (experiments.NOISE_MATCHED; chapter 4)
 run head-p --seeds 5 --only H4-matched,H5-matched
 # bf16 + channels_last against fp32, paired by seed (issue 17; bf16 is emulated, and slow, on a

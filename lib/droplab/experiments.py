@@ -182,14 +182,20 @@ def _precision() -> Experiment:
                       tuple(configs), {"smoke": SMOKE, "class": EVIDENCE, "paper": PAPER})
 
 
+GROUP_EPOCHS: tuple[tuple[str, Any], ...] = (("epochs", 50), ("eval_every", 50))
+
+
 def _norm() -> Experiment:
     """Dropout before the norm (P4) and after it (P6), in a PreResNet with BN and with
     GroupNorm (chapter 6): does the harm of P4 need BN's running statistics?"""
-    configs = [Config("none"), Config("P4", dropout_at="P4"), Config("P6", dropout_at="P6")]
-    configs += [Config(f"group-{c.name}", dropout_at=c.dropout_at, norm="group", baseline="group-none")
-                for c in configs]
+    base = [Config("none"), Config("P4", dropout_at="P4"), Config("P6", dropout_at="P6")]
+    configs = base + [Config(f"group-{c.name}", dropout_at=c.dropout_at, norm="group", baseline="group-none")
+                      for c in base]
+    # GroupNorm fits 88 % of the training images in EVIDENCE's 25 epochs; in 50 it fits them (pilot: 99.5 %).
+    configs += [Config(f"group-e50-{c.name}", dropout_at=c.dropout_at, norm="group", baseline="group-e50-none",
+                       changes=GROUP_EPOCHS) for c in base]
     return Experiment("norm", "dropout before (P4) and after (P6) the second norm of every block, "
-                              "PreResNet with BatchNorm vs GroupNorm (chapter 6)",
+                              "PreResNet with BatchNorm vs GroupNorm (25 and 50 epochs) (chapter 6)",
                       tuple(configs), {"smoke": SMOKE, "class": EVIDENCE, "paper": PAPER})
 
 

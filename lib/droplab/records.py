@@ -241,6 +241,49 @@ def tuned_p(records: Sequence[dict[str, Any]], metric: str = "final_val_acc") ->
     return {pos: min(ps, key=lambda q: (-sum(ps[q]) / len(ps[q]), q)) for pos, ps in by.items()}
 
 
+def paired_differences(records: Sequence[dict[str, Any]], config: str, baseline: str,
+                       metric: str = METRIC) -> dict[int, float]:
+    """Seed by seed, ``metric`` of ``config`` minus that of ``baseline``, over the seeds both
+    have finished (diverged runs left out); an error names a config without records."""
+    vals: dict[str, dict[int, float]] = {config: {}, baseline: {}}
+    for r in records:
+        name, v = r["config"]["name"], r.get(metric)
+        if name in vals and v is not None and math.isfinite(v) and not r["history"].get("diverged"):
+            vals[name][int(r["seed"])] = float(v)
+    empty = [c for c, v in vals.items() if not v]
+    if empty:
+        raise ValueError(f"no finished records of {', '.join(empty)} to compare")
+    return {s: vals[config][s] - vals[baseline][s] for s in sorted(set(vals[config]) & set(vals[baseline]))}
+
+
+def compare(records: Sequence[dict[str, Any]], config: str, baseline: str, metric: str = METRIC) -> Row:
+    """``config`` against any other config of the same records, paired by seed: a :class:`Row`
+    as :func:`table` gives against the registry's baseline (``diff``, ``diff_ci95``, ``mde``)."""
+    diffs = list(paired_differences(records, config, baseline, metric).values())
+    own = [float(r[metric]) for r in records if r["config"]["name"] == config and r.get(metric) is not None]
+    row = Row(config, len(own), *metrics.mean_ci95(own), baseline, math.nan)
+    if diffs:
+        row.diff, row.diff_ci95 = metrics.mean_ci95(diffs)
+        row.mde, row.n_paired = metrics.minimum_detectable_effect(diffs), len(diffs)
+    return row
+
+
+def best_on_validation(records: Sequence[dict[str, Any]], configs: Sequence[str],
+                       metric: str = "final_val_acc") -> str:
+    """Of ``configs``, the one whose records have the best mean ``metric`` (validation accuracy,
+    never the test split); ties go to the one listed first. Chooses chapter 6's early-dropout
+    epoch count; :func:`tuned_p` does the same for a position's drop probability."""
+    by: dict[str, list[float]] = {c: [] for c in configs}
+    for r in records:
+        name, v = r["config"]["name"], r.get(metric)
+        if name in by and v is not None:
+            by[name].append(float(v))
+    missing = [c for c, v in by.items() if not v]
+    if missing:
+        raise ValueError(f"no {metric} in the records of {', '.join(missing)}")
+    return min(configs, key=lambda c: (-sum(by[c]) / len(by[c]), list(configs).index(c)))
+
+
 def format_table(rows: Sequence[Row], percent: bool = True) -> str:
     """A plain-text table; accuracy in percent, 'n/a (n=1)' where one seed gives no CI."""
     k = 100.0 if percent else 1.0
