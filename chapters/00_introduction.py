@@ -41,6 +41,7 @@
 # | 3. Dropout in residual blocks | Which of P0–P7 should you use, and why? |
 # | 4. Dropout in the head | Which of H1–H7 should you use, and why? |
 # | 5. Claims tested | Do the rules of thumb from blogs and interview notes survive an experiment? |
+# | 6. Beyond batch normalization | Does the variance shift survive GroupNorm and LayerNorm? Where does dropout go in a transformer block, and what about DropPath and early dropout? |
 #
 # ## How to run it
 #

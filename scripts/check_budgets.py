@@ -17,7 +17,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
 from jupyter_cache import get_cache
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,20 +24,11 @@ BUDGETS = {"smoke": 60.0, "class": 300.0}
 
 
 def toc_notebooks() -> list[Path]:
-    """The chapter sources (jupytext .py) of _toc.yml, in reading order."""
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    entries = [toc["root"]]
+    """The chapter sources (jupytext .py) of _toc.yml, in reading order (sphinx-external-toc parses it,
+    as Jupyter Book does)."""
+    from sphinx_external_toc.parsing import parse_toc_yaml
 
-    def walk(items):
-        for item in items or []:
-            if "file" in item:
-                entries.append(item["file"])
-            walk(item.get("sections"))
-
-    walk(toc.get("chapters"))
-    for part in toc.get("parts", []):
-        walk(part.get("chapters"))
-    return [ROOT / f"{e}.py" for e in entries if (ROOT / f"{e}.py").exists()]
+    return [ROOT / f"{e}.py" for e in parse_toc_yaml(ROOT / "_toc.yml") if (ROOT / f"{e}.py").exists()]
 
 
 def execution_seconds(path_output: Path) -> dict[Path, float]:

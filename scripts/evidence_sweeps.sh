@@ -33,6 +33,7 @@ run early --seeds 5
 run early --seeds 10 --only underfit-none,underfit-P6,underfit-P6-early5,underfit-P6-early10,underfit-P6-early15
 run vit --seeds 5
 run norm --seeds 5
+run norm --seeds 10 --only none,P4,P6,group-e50-none,group-e50-P4,group-e50-P6
 # H4 and H5 at noise-matched rates (experiments.NOISE_MATCHED; chapter 4)
 run head-p --seeds 5 --only H4-matched,H5-matched
 # bf16 + channels_last against fp32, paired by seed (issue 17; bf16 is emulated, and slow, on a

@@ -66,7 +66,7 @@ def test_droppath_shifts_the_next_bn_as_element_dropout_at_p7_does():
     kw = dict(depth=4, p=0.5, batch=20_000, seed=4)
     path, p7 = inconsistency.shift_at_next_bn(position="P7path", **kw), inconsistency.shift_at_next_bn(position="P7", **kw)
     for layer, (a, b) in enumerate(zip(path, p7), start=1):
-        assert a == pytest.approx(b, rel=0.02)
+        assert a == pytest.approx(b, rel=0.03)
         assert a == pytest.approx(V.ratio_residual_depth(0.5, 1.0, layer), rel=0.03)
     with pytest.raises(ValueError, match="P7path"):
         inconsistency.shift_at_next_bn(position="P8", **kw)
@@ -126,3 +126,28 @@ def test_transformer_diagrams_label_the_t_positions(kind, names):
     assert "LN" in drawn and "+" in drawn
     with pytest.raises(ValueError, match="no guideline"):
         plots.position_diagram(kind, highlight="guideline")
+
+
+def test_best_on_validation_uses_the_validation_split_and_breaks_ties_by_order():
+    from droplab import records
+
+    recs = [{"config": {"name": n}, "final_val_acc": v, "final_test_acc": t}
+            for n, v, t in (("a", 0.8, 0.9), ("b", 0.9, 0.1), ("c", 0.9, 0.2), ("a", 0.8, 0.9))]
+    assert records.best_on_validation(recs, ["a", "b", "c"]) == "b"
+    assert records.best_on_validation(recs, ["c", "b"]) == "c"
+    assert records.best_on_validation(recs, ["a"], metric="final_test_acc") == "a"
+    with pytest.raises(ValueError, match="no final_val_acc in the records of d"):
+        records.best_on_validation(recs, ["a", "d"])
+
+
+def test_compare_pairs_any_two_configs_by_seed():
+    from droplab import metrics, records
+
+    recs = [{"config": {"name": n, "baseline": "none"}, "seed": s, "final_test_acc": v, "history": {}}
+            for n, s, v in (("a", 0, 0.80), ("a", 1, 0.82), ("a", 2, 0.81), ("b", 0, 0.79), ("b", 1, 0.80))]
+    assert records.paired_differences(recs, "a", "b") == pytest.approx({0: 0.01, 1: 0.02})
+    row = records.compare(recs, "a", "b")
+    assert (row.config, row.baseline, row.n, row.n_paired) == ("a", "b", 3, 2)
+    assert (row.diff, row.diff_ci95) == pytest.approx(metrics.mean_ci95([0.01, 0.02]))
+    with pytest.raises(ValueError, match="no finished records of c"):
+        records.compare(recs, "a", "c")

@@ -50,21 +50,10 @@ def test_ipynb_twin_is_committed_without_outputs(source):
 
 
 def toc_files() -> list[str]:
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    found = [toc["root"]]
+    """The documents of _toc.yml in reading order, as Jupyter Book reads them (sphinx-external-toc)."""
+    from sphinx_external_toc.parsing import parse_toc_yaml
 
-    def walk(entries):
-        for entry in entries or []:
-            if "file" in entry:
-                found.append(entry["file"])
-            walk(entry.get("sections"))
-            for part in entry.get("parts", []):
-                walk(part.get("chapters"))
-
-    walk(toc.get("chapters"))
-    for part in toc.get("parts", []):
-        walk(part.get("chapters"))
-    return found
+    return list(parse_toc_yaml(ROOT / "_toc.yml"))
 
 
 def test_every_toc_entry_exists():
@@ -207,6 +196,14 @@ def test_first_code_cell_installs_droplab_only_when_missing(source):
     assert 'find_spec("droplab") is None' in first and "pip" in first, f"{source.name}: first code cell"
     assert "import droplab" not in first and "from droplab" not in first
     assert "DROPLAB_REPOSITORY" in first and '"lib" / "droplab"' in first, f"{source.name}: first code cell"
+
+
+def test_every_chapter_installs_droplab_with_the_same_cell():
+    """The install cell runs before droplab exists (Colab opens a notebook alone), so it cannot
+    import a shared copy of itself and stands in every chapter; it is one text, so a fix made in
+    one chapter must be made in all."""
+    firsts = {source.name: next(src for kind, src in cells(source) if kind == "code") for source in SOURCES}
+    assert len(set(firsts.values())) == 1, f"the install cells differ: {sorted(firsts)}"
 
 
 def test_the_repository_url_is_written_once():

@@ -22,9 +22,10 @@ def test_bf16_with_channels_last_learns_what_fp32_learns_on_the_committed_precis
     assert secs["bf16"] < secs["fp32"], secs
 
 
-def test_the_evidence_records_compared_in_chapters_3_and_4_were_all_made_in_fp32():
+def test_the_evidence_records_compared_in_chapters_3_4_and_6_were_all_made_in_fp32():
     """A paired difference between a bf16 and an fp32 run would mix precision into position."""
-    for exp, seeds in (("residual", 5), ("head", 5), ("residual-p", 2), ("head-p", 2)):
+    for exp, seeds in (("residual", 5), ("head", 5), ("residual-p", 2), ("head-p", 2), ("norm", 5), ("vit", 5),
+                       ("early", 5)):
         recs = records.load_records(exp, "class", results_dir=records.REPO_RESULTS)
         assert len(recs) >= seeds, exp
         assert {r["fast_path"]["precision"] for r in recs} == {"fp32"}, exp

@@ -25,16 +25,20 @@ def _env() -> dict[str, str]:
     return {**os.environ, "DROPLAB_SCALE": "smoke", "DROPLAB_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
 
 
-def test_a_sweep_killed_mid_run_resumes_with_one_complete_record_per_run(tmp_path):
-    folder = tmp_path / "residual" / "smoke" / "synthetic"
-    proc = subprocess.Popen(CMD + ["--results", str(tmp_path)], env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def _kill_after_first_record(cmd: list[str], folder: Path) -> None:
+    """Start the sweep ``cmd`` and SIGKILL it as soon as its first record appears in ``folder``."""
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 180
     while not list(folder.glob("*.json")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the sweep finished before it could be killed"
+
+
+def test_a_sweep_killed_mid_run_resumes_with_one_complete_record_per_run(tmp_path):
+    folder = tmp_path / "residual" / "smoke" / "synthetic"
+    _kill_after_first_record(CMD + ["--results", str(tmp_path)], folder)
     first = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.json")}
     assert 1 <= len(first) < 4
 
@@ -162,13 +166,7 @@ def test_a_sweep_with_two_workers_killed_mid_run_resumes_without_losing_or_doubl
     folder = tmp_path / "head" / "smoke" / "synthetic"
     cmd = [sys.executable, "-m", "droplab.sweep", "run", "head", "--scale", "smoke", "--dataset", "synthetic",
            "--seeds", "1", "--only", "none,H1,H2,H3,H4,H5", "--workers", "2", "--results", str(tmp_path)]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 180
-    while not list(folder.glob("*.json")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the sweep finished before it could be killed"
+    _kill_after_first_record(cmd, folder)
     time.sleep(3)                       # the workers die with the sweep: nothing is written after the kill
     first = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.json")}
     assert 1 <= len(first) < 6
