@@ -151,3 +151,10 @@ def test_compare_pairs_any_two_configs_by_seed():
     assert (row.diff, row.diff_ci95) == pytest.approx(metrics.mean_ci95([0.01, 0.02]))
     with pytest.raises(ValueError, match="no finished records of c"):
         records.compare(recs, "a", "c")
+
+
+def test_a_rows_paired_numbers_come_as_one_tuple():
+    from droplab import records
+
+    row = records.Row("a", 3, 0.8, 0.01, "none", 0.02, diff_ci95=0.01, mde=0.015, n_paired=3)
+    assert row.paired == (0.02, 0.01, 0.015, 3)

@@ -193,6 +193,11 @@ class Row:
     mde: float = math.nan
     n_paired: int = 0
 
+    @property
+    def paired(self) -> tuple[float, float, float, int]:
+        """The comparison with the baseline in one tuple: (diff, diff_ci95, mde, n_paired)."""
+        return self.diff, self.diff_ci95, self.mde, self.n_paired
+
 
 def table(records: Sequence[dict[str, Any]], metric: str = METRIC) -> list[Row]:
     """One row per config: n runs, mean and 95 % CI of ``metric``, and the paired
