@@ -11,7 +11,7 @@ measures dropout):
   ``randperm``;
 - no host synchronisation per step: loss and accuracy are summed in device
   tensors and read once per epoch;
-- SGD with Nesterov momentum (fused on CUDA), linear warm-up then cosine or
+- SGD with Nesterov momentum, or AdamW (fused on CUDA), linear warm-up then cosine or
   linear decay, per step (the whole recipe is one :class:`Recipe`);
 - bf16 autocast and channels_last where the device computes bf16 natively
   (CUDA, CPUs with AMX or AVX-512-BF16), fp32 and contiguous tensors
@@ -40,9 +40,7 @@ from droplab.dropout import set_dropout
 EPS = 1e-12
 
 
-# ----------------------------------------------------------------------------
-# The loss: cross-entropy on logits, or NLL on probabilities (H7)
-# ----------------------------------------------------------------------------
+# -------- The loss: cross-entropy on logits, or NLL on probabilities (H7) -------------
 
 def outputs_probabilities(model: nn.Module) -> bool:
     """Whether ``model`` returns probabilities (dropout at H7, after the softmax)."""
@@ -63,9 +61,7 @@ def criterion(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.
     return lambda out, y: F.cross_entropy(out.float(), y)
 
 
-# ----------------------------------------------------------------------------
-# Data on the device
-# ----------------------------------------------------------------------------
+# -------- Data on the device ----------------------------------------------------------
 
 def _unpack(d: Any) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(d, (tuple, list)) and len(d) == 2:
@@ -97,9 +93,7 @@ def to_device(d: Any, dev: torch.device, stats: tuple[Sequence[float], Sequence[
     return x.float(), labels.to(dev, non_blocking=True).long()
 
 
-# ----------------------------------------------------------------------------
-# History
-# ----------------------------------------------------------------------------
+# -------- History ---------------------------------------------------------------------
 
 @dataclass
 class History:
@@ -150,9 +144,7 @@ class History:
                    dropout_on=[bool(x) for x in d.get("dropout_on", [True] * n)])
 
 
-# ----------------------------------------------------------------------------
-# Training
-# ----------------------------------------------------------------------------
+# -------- Training --------------------------------------------------------------------
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str = "cosine") -> float:
     """Learning-rate multiplier at ``step``: linear warm-up over ``warmup`` steps,
@@ -332,11 +324,9 @@ def fit(model: nn.Module, train: Any, test: Any | None, recipe: Recipe | int | N
     net = torch.compile(model) if path.compile else model
     loss_fn = criterion(model)
     fused = {"fused": True} if dev.type == "cuda" else {}
-    if r.optimizer == "adamw":
-        opt = torch.optim.AdamW(model.parameters(), lr=r.lr, weight_decay=r.weight_decay, **fused)
-    else:
-        opt = torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum, nesterov=r.nesterov,
-                              weight_decay=r.weight_decay, **fused)
+    opt = (torch.optim.AdamW(model.parameters(), lr=r.lr, weight_decay=r.weight_decay, **fused)
+           if r.optimizer == "adamw" else torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum,
+                                                           nesterov=r.nesterov, weight_decay=r.weight_decay, **fused))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, r.schedule))
 
     hist = History(precision=path.precision, channels_last=path.channels_last)
@@ -389,9 +379,7 @@ def fit(model: nn.Module, train: Any, test: Any | None, recipe: Recipe | int | N
     return hist
 
 
-# ----------------------------------------------------------------------------
-# Evaluation, prediction, BN recalibration
-# ----------------------------------------------------------------------------
+# -------- Evaluation, prediction, BN recalibration ------------------------------------
 
 def model_device(model: nn.Module) -> torch.device:
     """The device of ``model``'s parameters (the CPU for a model without any)."""
