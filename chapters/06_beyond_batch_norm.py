@@ -217,6 +217,7 @@ with plots.style():
     axes[0].set_ylabel("Δ = Var inference / Var training")
     axes[0].legend(fontsize=8)
     fig.suptitle("P4, trained: the shift at every norm's input, and what comes out", fontweight="bold")
+    fig.subplots_adjust(top=0.84)
 plt.show()
 
 # %% [markdown]
@@ -294,9 +295,10 @@ norm_stats = {k: (*metrics.mean_ci95(list(d.values())), metrics.minimum_detectab
 with plots.style():
     fig, ax = plots.figure("P4 minus P6: the cost of dropout right before the norm",
                            "network, and the interaction (mean and 95% CI over the paired seeds)", "difference (points)")
-    plots.differences_with_ci(ax, [k.replace(" minus ", "\nminus ") for k in norm_stats],
+    plots.differences_with_ci(ax, [k.replace("GroupNorm, ", "GN, ").replace(" epochs", " ep.").replace(" minus ", "\n− ")
+                                   for k in norm_stats],
                               [100 * m for m, _, _ in norm_stats.values()], [100 * c for _, c, _ in norm_stats.values()])
-    ax.tick_params(axis="x", labelsize=7)
+    ax.tick_params(axis="x", labelsize=8)
 plt.show()
 for k, (m, c, mde) in norm_stats.items():
     print(f"{k}: {metrics.pm(m, c, signed=True)} points over {len(norm_cmp[k])} seeds "
@@ -686,6 +688,7 @@ with plots.style():
     axes[0].legend(fontsize=8)
     fig.suptitle("Early dropout: the training loss with dropout on, off after k epochs, and never",
                  fontweight="bold")
+    fig.subplots_adjust(top=0.84)
 plt.show()
 
 # %% [markdown]
