@@ -45,15 +45,9 @@
 import importlib.util, os, pathlib, subprocess, sys
 
 if importlib.util.find_spec("droplab") is None:
-    here = pathlib.Path.cwd().resolve()
-    book = next((str(d) for d in (here, *here.parents) if (d / "lib" / "droplab").is_dir()), None)
-    url = os.environ.get("DROPLAB_REPOSITORY")
-    if not (book or url):
-        raise RuntimeError("droplab is not installed and this notebook is not in a checkout of the book. Run "
-                           "%env DROPLAB_REPOSITORY=https://github.com/OWNER/NAME (the book's repository: the "
-                           "OWNER/NAME in this page's Colab address), then this cell again.")
-    target = ["-e", book] if book else [f"droplab @ git+{url}"]
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *target], check=True)
+    book = next((str(d) for d in pathlib.Path("_").resolve().parents if (d / "lib" / "droplab").is_dir()), None)  # this folder or one above
+    source = book or os.environ.get("DROPLAB_REPOSITORY") or sys.exit("droplab is not installed and this notebook is not in a checkout of the book: run %env DROPLAB_REPOSITORY=https://github.com/OWNER/NAME (OWNER/NAME as in this page's Colab address), then this cell again.")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *(["-e", book] if book else [f"droplab @ git+{source}"])], check=True)
 
 # %%
 import copy
@@ -68,7 +62,7 @@ from tqdm.auto import tqdm
 
 from droplab import data, dropout, inconsistency, metrics, models, plots, probes, repro, scale, surgery, train, variance
 
-print(f"scale: {scale.current()}   device: {repro.device()}   torch {torch.__version__}")
+print(repro.banner())
 
 # %% [markdown]
 # ## Batch normalization, written out

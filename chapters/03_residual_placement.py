@@ -43,15 +43,9 @@
 import importlib.util, os, pathlib, subprocess, sys
 
 if importlib.util.find_spec("droplab") is None:
-    here = pathlib.Path.cwd().resolve()
-    book = next((str(d) for d in (here, *here.parents) if (d / "lib" / "droplab").is_dir()), None)
-    url = os.environ.get("DROPLAB_REPOSITORY")
-    if not (book or url):
-        raise RuntimeError("droplab is not installed and this notebook is not in a checkout of the book. Run "
-                           "%env DROPLAB_REPOSITORY=https://github.com/OWNER/NAME (the book's repository: the "
-                           "OWNER/NAME in this page's Colab address), then this cell again.")
-    target = ["-e", book] if book else [f"droplab @ git+{url}"]
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *target], check=True)
+    book = next((str(d) for d in pathlib.Path("_").resolve().parents if (d / "lib" / "droplab").is_dir()), None)  # this folder or one above
+    source = book or os.environ.get("DROPLAB_REPOSITORY") or sys.exit("droplab is not installed and this notebook is not in a checkout of the book: run %env DROPLAB_REPOSITORY=https://github.com/OWNER/NAME (OWNER/NAME as in this page's Colab address), then this cell again.")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *(["-e", book] if book else [f"droplab @ git+{source}"])], check=True)
 
 # %%
 import math
@@ -69,7 +63,7 @@ from droplab import experiments, inconsistency, metrics, models, plots, records,
 from droplab import dropout as D
 from droplab import variance as V
 
-print(f"scale: {scale.current()}   device: {repro.device_name()}   torch {torch.__version__}")
+print(repro.banner())
 
 # %% [markdown]
 # Every size in the chapter is set here, once per scale: the module tests
@@ -742,9 +736,7 @@ TABLE1 = ["none"] + [f"P{i}" for i in range(8)]
 SEEDS = 5
 recs = records.check_records(EXPERIMENT, "class", SEEDS, only=TABLE1)
 rows = records.table(recs)
-prov = recs[0]["provenance"]
-print(f"{len(recs)} records, made on {prov['device_name']} with torch {prov['torch']}, commit "
-      f"{prov['git_commit']}; {sum(r['wall_seconds'] for r in recs) / 60:.0f} CPU-core minutes in all")
+print(records.provenance_summary(recs))
 quoted_text = {c: ", ".join(f"{v:+.2f}" for v in d) for c, d in quoted_diff.items()}
 metrics.styled(records.table_frame(rows, quoted=quoted_text),
                "Table 1 re-run: test accuracy, paired difference from no dropout (95 % CI over 5 seeds)")
@@ -926,19 +918,9 @@ for pos, c in zip(("P0", "P4"), (TUNED[0], TUNED[2])):
 
 # %%
 with tempfile.TemporaryDirectory() as tmp:
-    if scale.current() == "class":
-        kept = {r["seed"]: r for r in none_recs}[0]
-        check = sweep.reproduce(EXPERIMENT, kept, tmp)
-        print(f"seed 0, no dropout: committed {100 * kept['final_test_acc']:.2f} %, again "
-              f"{100 * check['again']['final_test_acc']:.2f} % ({'same' if check['same_machine'] else 'another'} "
-              f"machine type, tolerance {100 * check['tolerance']:g} points)")
-        assert max(check["gaps"].values()) <= check["tolerance"], check["gaps"]
-    else:
-        live = sweep.run(EXPERIMENT, scale=scale.current(), seeds=1, only=["none", "P6"], results_dir=tmp)
-        print(f"{scale.current()} scale: {len(live)} runs through the same code path, test accuracy "
-              + ", ".join(f"{r['config']['name']} {100 * r['final_test_acc']:.1f} %" for r in live))
-        assert [r["config"]["name"] for r in live] == ["none", "P6"]
-        assert all(r["final_train_acc"] is not None for r in live)
+    check = sweep.reproduction_check(EXPERIMENT, {r["seed"]: r for r in none_recs}[0], ["none", "P6"], tmp)
+print(check["summary"])
+assert check["ok"], check.get("gaps", check["summary"])
 
 # %% [markdown]
 # ### Tables 2 and 3: bottleneck blocks and ResNetV1
@@ -1033,17 +1015,7 @@ assert sum(b - a > floor for a, b in QUOTED_VARIANTS.values()) == 2
 # %%
 for experiment in ("residual", "residual-56"):
     for dataset in ("fashion-mnist", "cifar10"):
-        paper_records = records.load_records(experiment, "paper", dataset, results_dir=records.REPO_RESULTS)
-        if paper_records:
-            prov = paper_records[0]["provenance"]
-            print(f"{experiment}, paper scale, {dataset}: {len(paper_records)} records, seeds "
-                  f"{sorted({r['seed'] for r in paper_records})}, {prov['device_name']}, commit {prov['git_commit']}, "
-                  f"{prov['date']}")
-            print(records.format_table(records.table(paper_records)))
-        else:
-            print(f"no paper-scale records of {experiment} on {dataset} yet. To make them (one GPU), run "
-                  f"from the repository root:\n    python -m droplab.sweep run {experiment} "
-                  f"--scale paper --seeds 3 --dataset {dataset}\n")
+        print(records.paper_scale_report(experiment, dataset))
 
 # %% [markdown]
 # ## 7. An honest verdict

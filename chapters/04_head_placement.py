@@ -51,15 +51,9 @@
 import importlib.util, os, pathlib, subprocess, sys
 
 if importlib.util.find_spec("droplab") is None:
-    here = pathlib.Path.cwd().resolve()
-    book = next((str(d) for d in (here, *here.parents) if (d / "lib" / "droplab").is_dir()), None)
-    url = os.environ.get("DROPLAB_REPOSITORY")
-    if not (book or url):
-        raise RuntimeError("droplab is not installed and this notebook is not in a checkout of the book. Run "
-                           "%env DROPLAB_REPOSITORY=https://github.com/OWNER/NAME (the book's repository: the "
-                           "OWNER/NAME in this page's Colab address), then this cell again.")
-    target = ["-e", book] if book else [f"droplab @ git+{url}"]
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *target], check=True)
+    book = next((str(d) for d in pathlib.Path("_").resolve().parents if (d / "lib" / "droplab").is_dir()), None)  # this folder or one above
+    source = book or os.environ.get("DROPLAB_REPOSITORY") or sys.exit("droplab is not installed and this notebook is not in a checkout of the book: run %env DROPLAB_REPOSITORY=https://github.com/OWNER/NAME (OWNER/NAME as in this page's Colab address), then this cell again.")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *(["-e", book] if book else [f"droplab @ git+{source}"])], check=True)
 
 # %%
 import dataclasses
@@ -80,7 +74,7 @@ from droplab import variance as V
 
 dev = repro.device()
 quiet = scale.current() == "smoke"  # progress bars stay quiet under the tests
-print(f"scale: {scale.current()}   device: {repro.device_name(dev)}   torch {torch.__version__}")
+print(repro.banner(dev))
 
 # %% [markdown]
 # Every size comes from `droplab.scale`. The network and the training recipe
@@ -771,9 +765,7 @@ TABLE5 = ["none"] + [f"H{i}" for i in range(1, 8)] + ["P6+H4"]
 SEEDS_REC = 5
 recs = records.check_records(EXPERIMENT, "class", SEEDS_REC, only=TABLE5)
 rows = records.table(recs)
-prov = recs[0]["provenance"]
-print(f"{len(recs)} records, made on {prov['device_name']} with torch {prov['torch']}, commit "
-      f"{prov['git_commit']}; {sum(r['wall_seconds'] for r in recs) / 60:.0f} CPU-core minutes in all")
+print(records.provenance_summary(recs))
 quoted_h = {"H4": "H4 − none: " + ", ".join(f"{h4 - n:+.2f}" for n, h4, _ in quoted.values()),
             "H5": "H5 − none: " + ", ".join(f"{h5 - n:+.2f}" for n, _, h5 in quoted.values())}
 metrics.styled(records.table_frame(rows, quoted=quoted_h),
@@ -919,18 +911,9 @@ assert r_noise > 5, r_noise            # H5 adds far more noise than H4 at equal
 
 # %%
 with tempfile.TemporaryDirectory() as tmp:
-    if scale.current() == "class":
-        kept = next(r for r in recs if r["config"]["name"] == "H4" and r["seed"] == 0)
-        check = sweep.reproduce(EXPERIMENT, kept, tmp)
-        print(f"H4, seed 0: committed {100 * kept['final_test_acc']:.2f} %, again "
-              f"{100 * check['again']['final_test_acc']:.2f} % ({'same' if check['same_machine'] else 'another'} "
-              f"machine type, tolerance {100 * check['tolerance']:g} points)")
-        assert max(check["gaps"].values()) <= check["tolerance"], check["gaps"]
-    else:
-        live = sweep.run(EXPERIMENT, scale=scale.current(), seeds=1, only=["none", "H4"], results_dir=tmp)
-        print(f"{scale.current()} scale: {len(live)} runs through the same code path, test accuracy "
-              + ", ".join(f"{r['config']['name']} {100 * r['final_test_acc']:.1f} %" for r in live))
-        assert [r["config"]["name"] for r in live] == ["none", "H4"]
+    check = sweep.reproduction_check(EXPERIMENT, next(r for r in recs if r["config"]["name"] == "H4" and r["seed"] == 0), ["none", "H4"], tmp)
+print(check["summary"])
+assert check["ok"], check.get("gaps", check["summary"])
 
 # %% [markdown]
 # ### Paper-scale records
@@ -943,16 +926,7 @@ with tempfile.TemporaryDirectory() as tmp:
 
 # %%
 for dataset in ("fashion-mnist", "cifar10"):
-    paper_records = records.load_records(EXPERIMENT.name, "paper", dataset, results_dir=records.REPO_RESULTS)
-    if paper_records:
-        seeds = sorted({r["seed"] for r in paper_records})
-        print(f"paper scale, {dataset}: {len(paper_records)} records, seeds {seeds}, "
-              f"device {paper_records[0]['provenance']['device_name']}")
-        print(records.format_table(records.table(paper_records)))
-    else:
-        print(f"no paper-scale records for {dataset} in {records.REPO_RESULTS}. To make them (one GPU), run from the "
-              f"repository root:\n    python -m droplab.sweep run {EXPERIMENT.name} --scale paper --seeds 3 "
-              f"--dataset {dataset} --results data/results\n")
+    print(records.paper_scale_report(EXPERIMENT, dataset))
 
 # %% [markdown]
 # ## 7. An honest verdict

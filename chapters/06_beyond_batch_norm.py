@@ -52,15 +52,9 @@
 import importlib.util, os, pathlib, subprocess, sys
 
 if importlib.util.find_spec("droplab") is None:
-    here = pathlib.Path.cwd().resolve()
-    book = next((str(d) for d in (here, *here.parents) if (d / "lib" / "droplab").is_dir()), None)
-    url = os.environ.get("DROPLAB_REPOSITORY")
-    if not (book or url):
-        raise RuntimeError("droplab is not installed and this notebook is not in a checkout of the book. Run "
-                           "%env DROPLAB_REPOSITORY=https://github.com/OWNER/NAME (the book's repository: the "
-                           "OWNER/NAME in this page's Colab address), then this cell again.")
-    target = ["-e", book] if book else [f"droplab @ git+{url}"]
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *target], check=True)
+    book = next((str(d) for d in pathlib.Path("_").resolve().parents if (d / "lib" / "droplab").is_dir()), None)  # this folder or one above
+    source = book or os.environ.get("DROPLAB_REPOSITORY") or sys.exit("droplab is not installed and this notebook is not in a checkout of the book: run %env DROPLAB_REPOSITORY=https://github.com/OWNER/NAME (OWNER/NAME as in this page's Colab address), then this cell again.")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *(["-e", book] if book else [f"droplab @ git+{source}"])], check=True)
 
 # %%
 import matplotlib.pyplot as plt
@@ -72,7 +66,7 @@ from droplab import experiments, inconsistency, metrics, models, plots, probes, 
 from droplab import variance as V
 from droplab.transformer import TRANSFORMER_POSITIONS, TRANSFORMER_POSITION_NAMES
 
-print(f"scale: {scale.current()}   device: {repro.device_name()}   torch {torch.__version__}")
+print(repro.banner())
 
 # %% [markdown]
 # Every size is set here, once per scale. The module tests run on random
@@ -270,9 +264,7 @@ norm_recs = [r for net, pre in NORM_NETS.items() for r in records.check_records(
 norm_rows = {r.config: r for r in records.table(norm_recs)}
 norm_epochs = {c: experiments.spec("norm", c, "class")["recipe"]["epochs"] for c in ("none", "group-none", "group-e50-none")}
 assert norm_epochs == {"none": 25, "group-none": 25, "group-e50-none": 50}, norm_epochs
-prov = norm_recs[0]["provenance"]
-print(f"{len(norm_recs)} records, made on {prov['device_name']} with torch {prov['torch']}, commit "
-      f"{prov['git_commit']}; {sum(r['wall_seconds'] for r in norm_recs) / 60:.0f} CPU-core minutes in all")
+print(records.provenance_summary(norm_recs))
 norm_fit = {c: [r["final_train_acc"] for r in norm_recs if r["config"]["name"] == c]
             for c in ("none", "group-none", "group-e50-none")}
 print("no-dropout training accuracy: " + ", ".join(f"{c} {100 * np.mean(v):.1f} %" for c, v in norm_fit.items()))

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from droplab import models
+from droplab import data, models
 
 
 @pytest.fixture
@@ -33,4 +33,19 @@ def trained_like() -> Callable[..., nn.Module]:
         with torch.no_grad():
             model(torch.randn(64, 1, 28, 28))
         return model.eval()
+    return make
+
+
+@pytest.fixture(scope="session")
+def synthetic():
+    """A learnable synthetic split: 1,024 training and 256 test images of 10 classes (data.synthetic)."""
+    return data.synthetic("train", n=1024), data.synthetic("test", n=256)
+
+
+@pytest.fixture(scope="session")
+def small_resnet() -> Callable[..., nn.Module]:
+    """Makes a PreResNet-8 for one-channel images, width 4 unless told, the same weights every call."""
+    def make(width: int = 4, **kw) -> nn.Module:
+        torch.manual_seed(0)
+        return models.PreResNet(8, in_channels=1, width=width, **kw)
     return make

@@ -206,6 +206,40 @@ def test_every_chapter_installs_droplab_with_the_same_cell():
     assert len(set(firsts.values())) == 1, f"the install cells differ: {sorted(firsts)}"
 
 
+def _run_install_cell(cwd: Path, monkeypatch, repository: str | None) -> list[list[str]]:
+    """Run the chapters' install cell in ``cwd`` as if droplab were not installed; return the
+    commands it would run (subprocess.run is replaced by a recorder)."""
+    import importlib.util
+
+    cell = next(src for kind, src in cells(SOURCES[0]) if kind == "code")
+    calls: list[list[str]] = []
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "droplab" else real_find_spec(name, *a))
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    monkeypatch.chdir(cwd)
+    if repository is None:
+        monkeypatch.delenv("DROPLAB_REPOSITORY", raising=False)
+    else:
+        monkeypatch.setenv("DROPLAB_REPOSITORY", repository)
+    exec(compile(cell, "install cell", "exec"), {})
+    return calls
+
+
+def test_the_install_cell_installs_the_checkout_around_the_notebook(monkeypatch):
+    calls = _run_install_cell(CHAPTERS, monkeypatch, repository="https://example.org/other/book")
+    assert calls == [[sys.executable, "-m", "pip", "install", "-q", "-e", str(ROOT)]]
+
+
+def test_the_install_cell_alone_installs_from_the_named_repository(tmp_path, monkeypatch):
+    calls = _run_install_cell(tmp_path, monkeypatch, repository="https://example.org/owner/book")
+    assert calls == [[sys.executable, "-m", "pip", "install", "-q", "droplab @ git+https://example.org/owner/book"]]
+
+
+def test_the_install_cell_alone_and_unnamed_says_what_to_set(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match="DROPLAB_REPOSITORY=https://github.com/OWNER/NAME"):
+        _run_install_cell(tmp_path, monkeypatch, repository=None)
+
+
 def test_the_repository_url_is_written_once():
     """_config.yml names the repository; no chapter, page or README carries a copy of it."""
     from droplab import repro

@@ -40,17 +40,7 @@ LEARNS = dict(batch_size=64, lr=0.2, augment=False, flip=False)
 
 
 @pytest.fixture(scope="module")
-def splits():
-    return data.synthetic("train", n=1024), data.synthetic("test", n=256)
-
-
-def small_resnet(**kw) -> nn.Module:
-    torch.manual_seed(0)
-    return models.PreResNet(8, in_channels=1, width=8, **kw)
-
-
-@pytest.fixture(scope="module")
-def trained(splits):
+def trained(synthetic, small_resnet):
     """One fit on CUDA with the default fast path, watched: the optimizers ``fit`` built and
     what a conv (one with several input channels, so that channels_last means something)
     saw and produced during training."""
@@ -61,7 +51,7 @@ def trained(splits):
             super().__init__(*a, **kw)
             made.append(self)
 
-    model = small_resnet(dropout_at="P6", p=0.2)
+    model = small_resnet(width=8, dropout_at="P6", p=0.2)
     seen: dict[str, object] = {}
 
     def hook(module, inputs, output):
@@ -73,7 +63,7 @@ def trained(splits):
     handle = conv.register_forward_hook(hook)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(torch.optim, "SGD", WatchedSGD)
-        hist = train.fit(model, *splits, 6, device=DEVICE, progress=False, **LEARNS)
+        hist = train.fit(model, *synthetic, 6, device=DEVICE, progress=False, **LEARNS)
     handle.remove()
     return model, hist, made, seen
 
@@ -107,11 +97,11 @@ def test_fit_uses_fused_sgd_on_cuda(trained):
     assert buffers and all(b.is_cuda for b in buffers)    # the fused step ran
 
 
-def test_deterministic_fits_repeat_exactly_on_cuda(splits):
+def test_deterministic_fits_repeat_exactly_on_cuda(synthetic, small_resnet):
     runs, weights = [], []
     for _ in range(2):
-        model = small_resnet(dropout_at="P6", p=0.2)
-        hist = train.fit(model, *splits, 2, seed=7, device=DEVICE, progress=False, deterministic=True,
+        model = small_resnet(width=8, dropout_at="P6", p=0.2)
+        hist = train.fit(model, *synthetic, 2, seed=7, device=DEVICE, progress=False, deterministic=True,
                          **LEARNS)
         d = hist.to_dict()
         d.pop("seconds")
@@ -122,7 +112,7 @@ def test_deterministic_fits_repeat_exactly_on_cuda(splits):
     assert all(torch.equal(a, b) for a, b in zip(*weights))
 
 
-def test_compile_on_request_trains_and_learns(splits, monkeypatch):
+def test_compile_on_request_trains_and_learns(synthetic, monkeypatch, small_resnet):
     compiled = []
     real_compile = torch.compile
 
@@ -131,32 +121,32 @@ def test_compile_on_request_trains_and_learns(splits, monkeypatch):
         return real_compile(model, *a, **kw)
 
     monkeypatch.setattr(torch, "compile", spy)
-    model = small_resnet()
+    model = small_resnet(width=8)
     recipe = train.Recipe(epochs=6, compile=True, **LEARNS)
     # no test split in fit: only the training graph is compiled (evaluation would compile
     # a second graph and double the test's time); the eager model is evaluated below
-    hist = train.fit(model, splits[0], None, recipe, device=DEVICE, progress=False)
+    hist = train.fit(model, synthetic[0], None, recipe, device=DEVICE, progress=False)
     assert compiled == [model] and model.fast_path.compile
     assert hist.epochs_run == 6 and not hist.diverged
     assert hist.train_loss[-1] < 0.8 * hist.train_loss[0]
-    _, acc = train.evaluate(model, splits[1])
+    _, acc = train.evaluate(model, synthetic[1])
     assert acc > 0.4                                      # chance is 0.1
 
 
-def test_a_nan_loss_ends_the_run_as_diverged_on_cuda(splits):
-    hist = train.fit(small_resnet(), *splits, 3, batch_size=64, lr=1e30, warmup_epochs=0,
+def test_a_nan_loss_ends_the_run_as_diverged_on_cuda(synthetic, small_resnet):
+    hist = train.fit(small_resnet(width=8), *synthetic, 3, batch_size=64, lr=1e30, warmup_epochs=0,
                      device=DEVICE, progress=False)
     assert hist.diverged and hist.epochs_run < 3
     assert not math.isfinite(hist.train_loss[-1]) and math.isnan(hist.final_test_acc)
     json.dumps(hist.to_dict(), allow_nan=False)           # a record can still be written
 
 
-def test_recalibrate_bn_on_cuda_changes_the_running_statistics(trained, splits):
+def test_recalibrate_bn_on_cuda_changes_the_running_statistics(trained, synthetic):
     model = trained[0]
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     before = [(m.running_mean.clone(), m.running_var.clone()) for m in bns]
     momenta = [m.momentum for m in bns]
-    train.recalibrate_bn(model, splits[0], batch_size=128)
+    train.recalibrate_bn(model, synthetic[0], batch_size=128)
     assert not model.training
     for m, momentum in zip(bns, momenta):
         assert m.running_mean.is_cuda and m.running_var.is_cuda and m.num_batches_tracked.is_cuda
@@ -164,7 +154,7 @@ def test_recalibrate_bn_on_cuda_changes_the_running_statistics(trained, splits):
         assert m.momentum == momentum                     # restored
     change = max(float((m.running_mean - b[0]).abs().max()) for m, b in zip(bns, before))
     assert change > 1e-4
-    _, acc = train.evaluate(model, splits[1])
+    _, acc = train.evaluate(model, synthetic[1])
     assert acc > 0.2                                      # chance is 0.1
 
 

@@ -29,3 +29,25 @@ def test_the_evidence_records_compared_in_chapters_3_4_and_6_were_all_made_in_fp
         recs = records.load_records(exp, "class", results_dir=records.REPO_RESULTS)
         assert len(recs) >= seeds, exp
         assert {r["fast_path"]["precision"] for r in recs} == {"fp32"}, exp
+
+
+def _made(config: str, seed: int, device: str, commit: str, seconds: float) -> dict:
+    return {"config": {"name": config}, "seed": seed, "wall_seconds": seconds,
+            "provenance": {"device_name": device, "torch": "2.14.1", "git_commit": commit}}
+
+
+def test_the_provenance_summary_names_every_machine_and_commit_and_sums_the_time():
+    one = [_made("none", s, "CPU A", "abc", 60.0) for s in range(3)]
+    assert records.provenance_summary(one) == (
+        "3 records, made on CPU A with torch 2.14.1, commit abc; 3 minutes of training in all "
+        "(each run on one CPU core or one GPU)")
+    mixed = records.provenance_summary(one + [_made("P6", 0, "GPU B", "def", 120.0)])
+    assert mixed.startswith("4 records, made on CPU A with torch 2.14.1 and GPU B with torch 2.14.1, commits abc, def;")
+    assert "; 5 minutes of training in all" in mixed
+
+
+def test_a_missing_paper_scale_set_is_reported_with_the_command_that_makes_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(records, "REPO_RESULTS", tmp_path)  # an empty repository results folder
+    text = records.paper_scale_report("head", "cifar10")
+    assert text.startswith("no paper-scale records of head on cifar10 yet")
+    assert "python -m droplab.sweep run head --scale paper --seeds 3 --dataset cifar10 --results data/results" in text

@@ -30,3 +30,9 @@ def test_provenance_names_commit_versions_device_and_date():
     for key in ("git_commit", "torch", "cuda", "device", "device_name", "date"):
         assert key in record
     assert record["torch"] == torch.__version__ and record["device"] == "cpu"
+
+
+def test_the_banner_names_the_scale_the_device_and_torch(monkeypatch):
+    monkeypatch.setenv("DROPLAB_SCALE", "class")
+    line = repro.banner(torch.device("cpu"))
+    assert line == f"scale: class   device: {repro.device_name(torch.device('cpu'))}   torch {torch.__version__}"

@@ -281,6 +281,19 @@ def test_a_record_is_made_again_in_its_own_precision_whatever_this_cpu_would_cho
     assert "cpu_capability" in check["again"]["provenance"]
 
 
+def test_the_reproduction_check_reproduces_at_the_records_scale_and_rehearses_at_another(tmp_path):
+    kept = sweep.run_one("head", "H4", 0, scale="smoke", dataset="synthetic", results_dir=tmp_path / "a",
+                         device="cpu")
+    check = sweep.reproduction_check("head", kept, ["none", "H4"], tmp_path / "b")  # the tests run at smoke
+    assert check["ok"] and check["same_machine"] and max(check["gaps"].values()) <= check["tolerance"]
+    assert check["summary"].startswith(f"H4, seed 0: committed {100 * kept['final_test_acc']:.2f} %, again ")
+    check = sweep.reproduction_check("head", dict(kept, scale="class"), ["none", "H4"], tmp_path / "c")
+    assert check["ok"] and [r["config"]["name"] for r in check["live"]] == ["none", "H4"]
+    assert all(r["scale"] == "smoke" and r["dataset"] == "synthetic" for r in check["live"])
+    assert check["summary"].startswith("smoke scale: 2 runs through the same code path, test accuracy none ")
+    assert "gaps" not in check  # nothing was reproduced
+
+
 def test_a_sweep_can_be_held_to_one_precision_and_refuses_another(tmp_path):
     recs = sweep.run("head", "smoke", 1, only=["none"], dataset="synthetic", results_dir=tmp_path,
                      device="cpu", progress=False, precision="fp32")

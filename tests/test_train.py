@@ -14,16 +14,6 @@ from torch import nn
 from droplab import data, models, repro, train
 
 
-@pytest.fixture(scope="module")
-def synthetic():
-    return data.synthetic("train", n=1024), data.synthetic("test", n=256)
-
-
-def small_resnet(**kw) -> nn.Module:
-    torch.manual_seed(0)
-    return models.PreResNet(8, in_channels=1, width=4, **kw)
-
-
 def test_fit_learns_the_synthetic_set(synthetic):
     torch.manual_seed(0)
     model = models.MLP(hidden=(64,))
@@ -34,7 +24,7 @@ def test_fit_learns_the_synthetic_set(synthetic):
     assert hist.test_acc[-1] == pytest.approx(train.evaluate(model, synthetic[1])[1])
 
 
-def test_same_seed_gives_the_same_history(synthetic):
+def test_same_seed_gives_the_same_history(synthetic, small_resnet):
     small = data.subset(synthetic[0], 256), data.subset(synthetic[1], 128)
     runs = [train.fit(small_resnet(dropout_at="P6"), *small, epochs=1, batch_size=64, seed=3,
                       device="cpu", progress=False).to_dict() for _ in range(2)]
@@ -43,7 +33,7 @@ def test_same_seed_gives_the_same_history(synthetic):
     assert runs[0] == runs[1]
 
 
-def test_a_diverging_run_is_reported_not_raised(synthetic):
+def test_a_diverging_run_is_reported_not_raised(synthetic, small_resnet):
     small = data.subset(synthetic[0], 256), data.subset(synthetic[1], 128)
     hist = train.fit(small_resnet(), *small, epochs=3, batch_size=64, lr=1e6, warmup_epochs=0,
                      device="cpu", progress=False)
@@ -79,7 +69,7 @@ def test_recalibrate_bn_measures_statistics_with_dropout_off():
     assert torch.allclose(bn.running_var, x.var(dim=(0, 2, 3)), rtol=0.02)   # ~4, not ~10
 
 
-def test_recalibrate_bn_changes_the_running_stats_of_a_network(synthetic):
+def test_recalibrate_bn_changes_the_running_stats_of_a_network(synthetic, small_resnet):
     model = small_resnet(dropout_at="P6")
     before = model.blocks[0].branch[0].running_mean.clone()
     train.recalibrate_bn(model, synthetic[0], num_batches=2)
@@ -103,7 +93,7 @@ def test_other_models_use_cross_entropy_on_logits():
     assert loss.item() == pytest.approx(F.cross_entropy(logits, y).item())
 
 
-def test_fit_trains_an_h7_model(synthetic):
+def test_fit_trains_an_h7_model(synthetic, small_resnet):
     p = 0.1
     small = data.subset(synthetic[0], 256), data.subset(synthetic[1], 128)
     model = small_resnet(head_dropout_at="H7", p=p)
@@ -163,7 +153,7 @@ def test_bf16_training_learns_and_says_so_in_its_history(synthetic):
     assert train.History.from_dict(hist.to_dict()).precision == "bf16"
 
 
-def test_a_recipe_and_keyword_changes_are_the_same_run(synthetic):
+def test_a_recipe_and_keyword_changes_are_the_same_run(synthetic, small_resnet):
     small = data.subset(synthetic[0], 256), data.subset(synthetic[1], 128)
     recipe = train.Recipe(epochs=1, batch_size=64, lr=0.05, augment=False)
     a = train.fit(small_resnet(), *small, recipe, device="cpu", progress=False)
@@ -209,7 +199,7 @@ def dropout_modes_per_call(model: nn.Module) -> tuple[list[bool], list[bool]]:
     return drop, bn
 
 
-def test_early_dropout_turns_only_dropout_off_after_its_epochs(synthetic):
+def test_early_dropout_turns_only_dropout_off_after_its_epochs(synthetic, small_resnet):
     small = data.subset(synthetic[0], 256), None
     model = small_resnet(dropout_at="P6", p=0.5)
     drop, bn = dropout_modes_per_call(model)
@@ -222,7 +212,7 @@ def test_early_dropout_turns_only_dropout_off_after_its_epochs(synthetic):
     assert all(m.p == 0.5 for m in model.modules() if isinstance(m, nn.Dropout))   # the model is unchanged
 
 
-def test_dropout_off_from_the_start_trains_as_the_net_without_dropout(synthetic):
+def test_dropout_off_from_the_start_trains_as_the_net_without_dropout(synthetic, small_resnet):
     # Same weights (dropout has none), same batches: turned off, the dropout layers are the identity.
     small = data.subset(synthetic[0], 256), data.subset(synthetic[1], 128)
     early = train.fit(small_resnet(dropout_at="P6", p=0.5), *small, epochs=2, batch_size=64, dropout_epochs=0,
@@ -234,7 +224,7 @@ def test_dropout_off_from_the_start_trains_as_the_net_without_dropout(synthetic)
     assert early == plain
 
 
-def test_the_default_keeps_dropout_all_the_way_as_before(synthetic):
+def test_the_default_keeps_dropout_all_the_way_as_before(synthetic, small_resnet):
     small = data.subset(synthetic[0], 256), data.subset(synthetic[1], 128)
     runs = [train.fit(small_resnet(dropout_at="P6", p=0.5), *small, epochs=2, batch_size=64, seed=2,
                       device="cpu", progress=False, **kw).to_dict() for kw in ({}, {"dropout_epochs": 2})]

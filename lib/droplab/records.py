@@ -199,6 +199,31 @@ class Row:
         return self.diff, self.diff_ci95, self.mde, self.n_paired
 
 
+def provenance_summary(records: Sequence[dict[str, Any]]) -> str:
+    """Where a set of records was made, in the sentence the chapters print under their tables:
+    how many, on which devices with which torch, at which commits, and the training time
+    summed over the runs (each sweep worker trains on one CPU core or one GPU)."""
+    machines = sorted({f"{r['provenance']['device_name']} with torch {r['provenance']['torch']}" for r in records})
+    commits = sorted({str(r["provenance"]["git_commit"]) for r in records})
+    minutes = sum(r["wall_seconds"] for r in records) / 60
+    return (f"{len(records)} records, made on {' and '.join(machines)}, commit{'s' if len(commits) > 1 else ''} "
+            f"{', '.join(commits)}; {minutes:.0f} minutes of training in all (each run on one CPU core or one GPU)")
+
+
+def paper_scale_report(experiment: str | Experiment, dataset: str) -> str:
+    """Chapters 3-4's paper-scale section: where the committed paper-scale records of
+    ``experiment`` on ``dataset`` were made, with their table; where there are none yet, the
+    command that makes them on one GPU."""
+    exp = get(experiment)
+    recs = load_records(exp, "paper", dataset, results_dir=REPO_RESULTS)
+    if not recs:
+        return (f"no paper-scale records of {exp.name} on {dataset} yet. To make them (one GPU), run from the "
+                f"repository root:\n    python -m droplab.sweep run {exp.name} --scale paper --seeds 3 "
+                f"--dataset {dataset} --results data/results\n")
+    return (f"{exp.name}, paper scale, {dataset}, seeds {sorted({r['seed'] for r in recs})}: "
+            f"{provenance_summary(recs)}\n{format_table(table(recs))}")
+
+
 def table(records: Sequence[dict[str, Any]], metric: str = METRIC) -> list[Row]:
     """One row per config: n runs, mean and 95 % CI of ``metric``, and the paired
     difference from the config's baseline (``Config.baseline``) with its 95 % CI and

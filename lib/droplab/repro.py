@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from droplab import scale
+
 
 def device(prefer: str | None = None) -> torch.device:
     """The device to compute on: CUDA, then Apple's MPS, then the CPU.
@@ -83,6 +85,11 @@ def device_name(dev: torch.device | None = None) -> str:
     if dev.type == "mps":
         return "Apple MPS"
     return f"{cpu_model()} CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def banner(dev: torch.device | None = None) -> str:
+    """The line every chapter prints under its imports: the scale in force, the device, torch's version."""
+    return f"scale: {scale.current()}   device: {device_name(dev)}   torch {torch.__version__}"
 
 
 def cpu_model() -> str:

@@ -153,6 +153,30 @@ def reproduce(experiment: str | Experiment, committed: dict[str, Any], results_d
     return {"again": again, "same_machine": same, "tolerance": 1e-6 if same else 0.01, "gaps": gaps}
 
 
+def reproduction_check(experiment: str | Experiment, committed: dict[str, Any], rehearse: Sequence[str],
+                       results_dir: str | Path) -> dict[str, Any]:
+    """Chapters 3-4's live check of a committed record. At the record's own scale it trains the
+    run again (:func:`reproduce`) and ``ok`` says the gaps are within the tolerance; at any other
+    scale it trains each config of ``rehearse`` once (seed 0, the scale in force, the record's data
+    set) through the same code path, which shows the pipeline works and reproduces nothing, and
+    ``ok`` says each of them made a complete record. ``summary`` is the sentence a chapter prints."""
+    sc = _scale.current()
+    if sc == committed["scale"]:
+        check = reproduce(experiment, committed, results_dir)
+        check["ok"] = max(check["gaps"].values()) <= check["tolerance"]
+        check["summary"] = (
+            f"{committed['config']['name']}, seed {committed['seed']}: committed "
+            f"{100 * committed['final_test_acc']:.2f} %, again {100 * check['again']['final_test_acc']:.2f} % "
+            f"({'same' if check['same_machine'] else 'another'} machine type, tolerance {100 * check['tolerance']:g} points)")
+        return check
+    live = run(experiment, scale=sc, seeds=1, only=list(rehearse), dataset=committed["dataset"], results_dir=results_dir)
+    ok = ([r["config"]["name"] for r in live] == list(rehearse)
+          and all(r["final_train_acc"] is not None and r["final_test_acc"] is not None for r in live))
+    summary = (f"{sc} scale: {len(live)} runs through the same code path, test accuracy "
+               + ", ".join(f"{r['config']['name']} {100 * r['final_test_acc']:.1f} %" for r in live))
+    return {"live": live, "ok": ok, "summary": summary}
+
+
 def _todo(exp: Experiment, sc: str, ds: str, runs: Sequence[Run], folder: Path) -> tuple[list[Run], int]:
     """The runs without a complete, current record (stale ones are redone), and how many were stale."""
     todo, stale, specs = [], 0, {}
