@@ -17,13 +17,14 @@ module                          its one idea
                                 of Eqs. 6-35 (chapters 2-4)
 ``droplab.models``              the networks, every dropout position by name: PreResNet, ResNetV1,
                                 the head (P0-P7, H1-H7), MLP, CNN, the fully connected test blocks
+``droplab.transformer``         the pre-LN vision transformer and its dropout positions T0-T4 (chapter 6)
 ``droplab.inconsistency``       the paper's module tests: Delta measured on small blocks beside the
                                 formulas of Propositions 2-5 (chapters 2-4)
-``droplab.surgery``             editing a built network: swap, rescale, insert or move dropout,
-                                replace the classifier (chapters 1, 2, 4, 5)
+``droplab.surgery``             editing a built network: swap, rescale, insert or move dropout, copy weights,
+                                replace the classifier (chapters 1, 2, 4-6)
 ``droplab.train``               ``fit`` / ``evaluate`` / ``predict`` / ``recalibrate_bn`` with a ``Recipe``
 ``droplab.probes``              measurements inside a network that train nothing: neighbour recovery,
-                                BN variance shift, per-sample losses, gradient noise (chapters 1-5)
+                                the variance shift at every norm, per-sample losses, gradient noise (chapters 1-6)
 ``droplab.metrics``             statistics for claims: t-quantiles, mean +- CI, paired differences,
                                 power, verdicts, AUROC
 ``droplab.experiments``         the experiment registry: what each run of a sweep is
@@ -34,7 +35,7 @@ module                          its one idea
 ==============================  =======================================================================
 
 Layers, bottom up (a module imports only those above it): scale, repro,
-data, dropout, variance, models, inconsistency / surgery, train, probes,
+data, dropout, variance, models, transformer, inconsistency / surgery, train, probes,
 metrics, experiments, records, sweep, bench; plots stands apart.
 
 Importing ``droplab`` imports nothing heavy and has no side effects; import the
