@@ -41,8 +41,9 @@ def test_the_provenance_summary_names_every_machine_and_commit_and_sums_the_time
     assert records.provenance_summary(one) == (
         "3 records, made on CPU A with torch 2.14.1, commit abc; 3 minutes of training in all "
         "(each run on one CPU core or one GPU)")
-    mixed = records.provenance_summary(one + [_made("P6", 0, "GPU B", "def", 120.0)])
-    assert mixed.startswith("4 records, made on CPU A with torch 2.14.1 and GPU B with torch 2.14.1, commits abc, def;")
+    mixed = records.provenance_summary(one + [_made("P6", 0, "GPU B", "0123456789abcdef0123+dirty", 120.0)])
+    assert mixed.startswith("4 records, made on CPU A with torch 2.14.1 and GPU B with torch 2.14.1, "
+                            "commits 0123456789ab+dirty, abc;")
     assert "; 5 minutes of training in all" in mixed
 
 

@@ -23,6 +23,7 @@ import csv
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -201,10 +202,11 @@ class Row:
 
 def provenance_summary(records: Sequence[dict[str, Any]]) -> str:
     """Where a set of records was made, in the sentence the chapters print under their tables:
-    how many, on which devices with which torch, at which commits, and the training time
+    how many, on which devices with which torch, at which commits (12 hex digits, ``+dirty``
+    where the tree had changes), and the training time
     summed over the runs (each sweep worker trains on one CPU core or one GPU)."""
     machines = sorted({f"{r['provenance']['device_name']} with torch {r['provenance']['torch']}" for r in records})
-    commits = sorted({str(r["provenance"]["git_commit"]) for r in records})
+    commits = sorted({re.sub(r"^([0-9a-f]{12})[0-9a-f]+", r"\1", str(r["provenance"]["git_commit"])) for r in records})
     minutes = sum(r["wall_seconds"] for r in records) / 60
     return (f"{len(records)} records, made on {' and '.join(machines)}, commit{'s' if len(commits) > 1 else ''} "
             f"{', '.join(commits)}; {minutes:.0f} minutes of training in all (each run on one CPU core or one GPU)")
