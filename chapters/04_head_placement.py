@@ -911,7 +911,8 @@ assert r_noise > 5, r_noise            # H5 adds far more noise than H4 at equal
 
 # %%
 with tempfile.TemporaryDirectory() as tmp:
-    check = sweep.reproduction_check(EXPERIMENT, next(r for r in recs if r["config"]["name"] == "H4" and r["seed"] == 0), ["none", "H4"], tmp)
+    kept = next(r for r in recs if r["config"]["name"] == "H4" and r["seed"] == 0)
+    check = sweep.reproduction_check(EXPERIMENT, kept, ["none", "H4"], tmp)
 print(check["summary"])
 assert check["ok"], check.get("gaps", check["summary"])
 

@@ -32,6 +32,11 @@ LABEL = re.compile(r"=\s*[-+]?\d+(?:\.\d+)?")  # "p = 0.1": a label that a table
 TIMING = re.compile(r"^scale: |seconds|\d s\b|\bmin\b|minutes|wall")
 
 
+def _text(markup: str) -> str:
+    """An HTML fragment's text: tags dropped, entities decoded."""
+    return html.unescape(re.sub(r"<[^>]+>", "", markup)).strip()
+
+
 def output_lines(notebook: Path) -> list[str]:
     """The text a notebook printed: stdout, plain results, and HTML tables one row a line."""
     out: list[str] = []
@@ -45,9 +50,8 @@ def output_lines(notebook: Path) -> list[str]:
                     page = "".join(data["text/html"])
                     for row in re.findall(r"<tr.*?</tr>", page, flags=re.S):
                         cells = re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row, flags=re.S)
-                        out.append(" | ".join(html.unescape(re.sub(r"<[^>]+>", "", c)).strip() for c in cells))
-                    out += [html.unescape(re.sub(r"<[^>]+>", "", c)).strip()
-                            for c in re.findall(r"<caption>(.*?)</caption>", page, flags=re.S)]
+                        out.append(" | ".join(_text(c) for c in cells))
+                    out += [_text(c) for c in re.findall(r"<caption>(.*?)</caption>", page, flags=re.S)]
                 elif "text/plain" in data and "image/png" not in data:
                     out += "".join(data["text/plain"]).splitlines()
     return out

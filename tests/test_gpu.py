@@ -24,7 +24,7 @@ import pytest
 import torch
 from torch import nn
 
-from droplab import data, models, records, sweep, train
+from droplab import records, sweep, train
 
 DEVICE = "cuda"
 
