@@ -1,5 +1,5 @@
 """Chapter 6's library support: the variance shift at BN, GroupNorm and LayerNorm
-(probes.norm_shift, inconsistency.norm_after_dropout, variance.norm_output_ratio),
+(probes.norm_shift, probes.norm_after_dropout, variance.norm_output_ratio),
 DropPath's shift at the next BN, moving dropout in a trained network (surgery.copy_weights),
 the ViT's AdamW recipe, the chapter-6 experiments and the transformer diagrams."""
 
@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from droplab import data, experiments, inconsistency, models, plots, probes, surgery, sweep, train
+from droplab import data, experiments, inconsistency, models, networks, plots, probes, surgery, sweep, train
 from droplab import variance as V
 
 
 @pytest.mark.parametrize("norm", models.NORMS)
 @pytest.mark.parametrize("p", [0.2, 0.5])
 def test_dropout_before_a_norm_shifts_its_input_and_only_a_bn_passes_the_shift_on(norm, p):
-    r = inconsistency.norm_after_dropout(norm, p, mean=0.5, var=1.0, batch=8_192, seed=3)
+    r = probes.norm_after_dropout(norm, p, mean=0.5, var=1.0, batch=8_192, seed=3)
     assert r.kind == norm and r.after_dropout
     assert r.input_ratio == pytest.approx(V.dropout_ratio(1.0, 0.5, p), rel=0.01)
     assert r.output_ratio == pytest.approx(V.norm_output_ratio(norm, 1.0, 0.5, p), rel=0.01 if norm == "batch" else 1e-4)
@@ -63,7 +63,7 @@ def test_norm_shift_refuses_a_network_without_normalization():
 
 
 def test_droppath_shifts_the_next_bn_as_element_dropout_at_p7_does():
-    kw = dict(depth=4, p=0.5, batch=20_000, seed=4)
+    kw = {"depth": 4, "p": 0.5, "batch": 20_000, "seed": 4}
     path, p7 = inconsistency.shift_at_next_bn(position="P7path", **kw), inconsistency.shift_at_next_bn(position="P7", **kw)
     for layer, (a, b) in enumerate(zip(path, p7), start=1):
         assert a == pytest.approx(b, rel=0.03)
@@ -74,16 +74,16 @@ def test_droppath_shifts_the_next_bn_as_element_dropout_at_p7_does():
 
 def test_copy_weights_moves_dropout_without_changing_the_trained_function():
     torch.manual_seed(2)
-    src = models.build(models.NetConfig(arch="vit", norm="layer", depth=2, width=16))
+    src = networks.build(networks.NetConfig(arch="vit", norm="layer", depth=2, width=16))
     src.input_stats = ([0.5], [0.25])
     for t in ("T0", "T1", "T3", "T4"):
-        dst = surgery.copy_weights(src, models.build(models.NetConfig(arch="vit", norm="layer", depth=2, width=16,
-                                                                      dropout_at=t)))
+        dst = surgery.copy_weights(src, networks.build(networks.NetConfig(arch="vit", norm="layer", depth=2, width=16,
+                                                                          dropout_at=t)))
         x = torch.randn(8, 1, 28, 28)
         src.eval(), dst.eval()
         assert torch.allclose(src(x), dst(x)) and dst.input_stats == src.input_stats
     with pytest.raises(ValueError, match="more than where dropout sits"):
-        surgery.copy_weights(src, models.build(models.NetConfig(arch="vit", norm="layer", depth=3, width=16)))
+        surgery.copy_weights(src, networks.build(networks.NetConfig(arch="vit", norm="layer", depth=3, width=16)))
 
 
 def test_recipe_knows_its_optimizers_and_adamw_trains():
@@ -91,7 +91,7 @@ def test_recipe_knows_its_optimizers_and_adamw_trains():
         train.Recipe(optimizer="adam")
     d = data.synthetic("train", n=128)
     torch.manual_seed(3)
-    net = models.build(models.NetConfig(arch="vit", norm="layer", depth=1, width=16, in_channels=d.images.shape[1]))
+    net = networks.build(networks.NetConfig(arch="vit", norm="layer", depth=1, width=16, in_channels=d.images.shape[1]))
     hist = train.fit(net, d, None, train.Recipe(epochs=3, batch_size=32, lr=3e-3, weight_decay=0.05, augment=False,
                                                 optimizer="adamw"), progress=False)
     assert hist.train_loss[-1] < hist.train_loss[0]
@@ -99,19 +99,19 @@ def test_recipe_knows_its_optimizers_and_adamw_trains():
 
 def test_chapter_6_experiments_build_what_they_name():
     norm = experiments.spec("norm", "group-P4", "class")
-    assert (norm["net"]["norm"], norm["net"]["dropout_at"]) == ("group", "P4")
+    assert (norm.net.norm, norm.net.dropout_at) == ("group", "P4")
     assert experiments.get("norm").config("group-P6").baseline == "group-none"
     vit = experiments.spec("vit", "T1", "class")
-    assert (vit["net"]["arch"], vit["net"]["norm"], vit["recipe"]["optimizer"]) == ("vit", "layer", "adamw")
+    assert (vit.net.arch, vit.net.norm, vit.recipe.optimizer) == ("vit", "layer", "adamw")
     early = {c: experiments.spec("early", c, "class") for c in ("P6-early10", "underfit-P6-early10", "underfit-none")}
-    assert early["P6-early10"]["recipe"]["dropout_epochs"] == 10 and early["P6-early10"]["net"]["width"] == 16
-    assert early["underfit-P6-early10"]["net"]["width"] == 8 and early["underfit-P6-early10"]["recipe"]["augment"]
-    assert early["underfit-none"]["recipe"]["dropout_epochs"] is None
-    assert experiments.get("residual-p").config("P7path-p0.1").dropout_at == "P7path"
+    assert early["P6-early10"].recipe.dropout_epochs == 10 and early["P6-early10"].net.width == 16
+    assert early["underfit-P6-early10"].net.width == 8 and early["underfit-P6-early10"].recipe.augment
+    assert early["underfit-none"].recipe.dropout_epochs is None
+    assert experiments.spec("residual-p", "P7path-p0.1", "class").net.dropout_at == "P7path"
 
 
 def test_train_one_trains_the_network_a_record_describes(tmp_path):
-    run = sweep.train_one("vit", "T3", seed=0, scale="smoke", dataset="synthetic", device="cpu")
+    run = experiments.train_one("vit", "T3", seed=0, scale="smoke", dataset="synthetic", device="cpu")
     assert isinstance(run.model.blocks[0].mlp.branch[3], nn.Dropout) and run.spec == experiments.spec(
         "vit", "T3", "smoke", "synthetic")
     rec = sweep.run_one("vit", "T3", 0, scale="smoke", dataset="synthetic", results_dir=tmp_path, device="cpu")
@@ -126,35 +126,3 @@ def test_transformer_diagrams_label_the_t_positions(kind, names):
     assert "LN" in drawn and "+" in drawn
     with pytest.raises(ValueError, match="no guideline"):
         plots.position_diagram(kind, highlight="guideline")
-
-
-def test_best_on_validation_uses_the_validation_split_and_breaks_ties_by_order():
-    from droplab import records
-
-    recs = [{"config": {"name": n}, "final_val_acc": v, "final_test_acc": t}
-            for n, v, t in (("a", 0.8, 0.9), ("b", 0.9, 0.1), ("c", 0.9, 0.2), ("a", 0.8, 0.9))]
-    assert records.best_on_validation(recs, ["a", "b", "c"]) == "b"
-    assert records.best_on_validation(recs, ["c", "b"]) == "c"
-    assert records.best_on_validation(recs, ["a"], metric="final_test_acc") == "a"
-    with pytest.raises(ValueError, match="no final_val_acc in the records of d"):
-        records.best_on_validation(recs, ["a", "d"])
-
-
-def test_compare_pairs_any_two_configs_by_seed():
-    from droplab import metrics, records
-
-    recs = [{"config": {"name": n, "baseline": "none"}, "seed": s, "final_test_acc": v, "history": {}}
-            for n, s, v in (("a", 0, 0.80), ("a", 1, 0.82), ("a", 2, 0.81), ("b", 0, 0.79), ("b", 1, 0.80))]
-    assert records.paired_differences(recs, "a", "b") == pytest.approx({0: 0.01, 1: 0.02})
-    row = records.compare(recs, "a", "b")
-    assert (row.config, row.baseline, row.n, row.n_paired) == ("a", "b", 3, 2)
-    assert (row.diff, row.diff_ci95) == pytest.approx(metrics.mean_ci95([0.01, 0.02]))
-    with pytest.raises(ValueError, match="no finished records of c"):
-        records.compare(recs, "a", "c")
-
-
-def test_a_rows_paired_numbers_come_as_one_tuple():
-    from droplab import records
-
-    row = records.Row("a", 3, 0.8, 0.01, "none", 0.02, diff_ci95=0.01, mde=0.015, n_paired=3)
-    assert row.paired == (0.02, 0.01, 0.015, 3)

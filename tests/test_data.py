@@ -171,3 +171,12 @@ def test_missing_data_is_downloaded_by_default(only_folder, monkeypatch):
     with pytest.raises(data.DataNotFoundError):     # the stand-in download fetched nothing
         data.load("fashion-mnist", "train")
     assert asked == ["fashion-mnist"]
+
+
+def test_an_installed_package_keeps_downloads_in_the_users_cache(monkeypatch, tmp_path):
+    """A wheel's folder is site-packages: data sets go to ~/.cache/droplab there, not beside it."""
+    fake = tmp_path / "site-packages" / "droplab" / "data.py"
+    fake.parent.mkdir(parents=True)
+    monkeypatch.setattr(data, "__file__", str(fake))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert data._home() == tmp_path / "cache" / "droplab"

@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from droplab import dropout as D
-from droplab import models
 from droplab import variance as V
 
 N = 200_000  # elements; the sampling error of a fraction is about 1e-3
@@ -326,6 +325,6 @@ def test_drop_path_rejects_a_keep_probability_of_zero() -> None:
 def test_importing_the_networks_does_not_import_torchvision() -> None:
     import subprocess
     import sys
-    code = "import sys, droplab.models, droplab.train, droplab.transformer; print('torchvision' in sys.modules)"
+    code = "import sys, droplab.blocks, droplab.networks, droplab.train; print('torchvision' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"                             # DropPath loads it when a net has one

@@ -9,6 +9,8 @@ allow 2%.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -127,7 +129,7 @@ def test_p6_shift_is_closer_to_one_than_p1_to_p4() -> None:
 def test_p0_compounds_the_shift_at_bn1() -> None:
     p0 = inconsistency.shift_at_next_bn(4, "P0", p=0.5, batch=BLOCK_BATCH)
     assert p0[0] == pytest.approx(0.5, abs=0.02)  # dropout on a zero-mean input: Delta = q
-    assert all(b < a for a, b in zip(p0, p0[1:]))
+    assert all(b < a for a, b in itertools.pairwise(p0))
     assert p0[-1] < 0.2
 
 

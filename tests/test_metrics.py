@@ -112,7 +112,7 @@ def test_an_effect_of_the_minimum_detectable_size_is_resolved_four_times_in_five
 
 
 def test_joint_verdict_names_the_parts_only_when_they_disagree() -> None:
-    unresolved = lambda x: f"unresolved (smallest detectable effect {x})"  # noqa: E731
+    unresolved = lambda x: f"unresolved (smallest detectable effect {x})"
     assert metrics.joint_verdict({"MLP": "supports", "CNN": "supports"}) == "supports"
     assert metrics.joint_verdict({"MLP": "contradicts", "CNN": "contradicts"}) == "contradicts"
     assert (metrics.joint_verdict({"MLP": "contradicts", "CNN": unresolved("1.20 points")})

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from droplab import models
+from droplab import models, networks
 from droplab.dropout import is_dropout
 from droplab.models import CNN, GUIDELINE, MLP, PreResNet, ResNetV1
 
@@ -230,13 +230,13 @@ def test_cnn_dropout_before_every_bn_or_only_after_the_last():
 # --- errors for people -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, says", [
-    (dict(depth=20, dropout_at="P8"), "P0, P1, P2, P3, P4, P5, P6, P7"),
-    (dict(depth=20, head_dropout_at="H0"), "H1, H2, H3, H4, H5, H6, H7"),
-    (dict(depth=21), "6n+2"),
-    (dict(depth=21, block="bottleneck"), "9n+2"),
-    (dict(depth=20, p=1.0), "[0, 1)"),
-    (dict(depth=20, p=-0.1), "[0, 1)"),
-    (dict(depth=20, block="wide"), "basic, bottleneck"),
+    ({"depth": 20, "dropout_at": "P8"}, "P0, P1, P2, P3, P4, P5, P6, P7"),
+    ({"depth": 20, "head_dropout_at": "H0"}, "H1, H2, H3, H4, H5, H6, H7"),
+    ({"depth": 21}, "6n+2"),
+    ({"depth": 21, "block": "bottleneck"}, "9n+2"),
+    ({"depth": 20, "p": 1.0}, "[0, 1)"),
+    ({"depth": 20, "p": -0.1}, "[0, 1)"),
+    ({"depth": 20, "block": "wide"}, "basic, bottleneck"),
 ])
 def test_bad_arguments_say_what_is_valid(kwargs, says):
     with pytest.raises(ValueError) as err:
@@ -288,7 +288,7 @@ def test_group_and_layer_norm_nets_have_no_bn_and_no_running_statistics(norm):
 @pytest.mark.parametrize("norm", ["group", "layer"])
 def test_a_group_or_layer_norm_net_trains_a_step(norm):
     torch.manual_seed(0)
-    model = models.build(models.NetConfig(width=4, depth=8, norm=norm, dropout_at="P6", head_conv=True))
+    model = networks.build(networks.NetConfig(width=4, depth=8, norm=norm, dropout_at="P6", head_conv=True))
     x, y = torch.randn(6, 1, 28, 28), torch.randint(0, 10, (6,))
     loss = nn.functional.cross_entropy(model.train()(x), y)
     loss.backward()
@@ -299,7 +299,7 @@ def test_a_group_or_layer_norm_net_trains_a_step(norm):
 
 
 def test_the_default_norm_is_batch_norm_as_before():
-    assert models.NetConfig().norm == "batch"
+    assert networks.NetConfig().norm == "batch"
     torch.manual_seed(0)
     a = PreResNet(8, in_channels=1, width=4)
     torch.manual_seed(0)
@@ -314,7 +314,7 @@ def test_bad_norms_say_what_is_valid():
     with pytest.raises(ValueError, match="divisible by 4"):
         PreResNet(8, width=6, norm="group")
     with pytest.raises(ValueError, match="BN only"):
-        models.build(models.NetConfig(arch="resnetv1", depth=8, norm="group"))
+        networks.build(networks.NetConfig(arch="resnetv1", depth=8, norm="group"))
 
 
 @pytest.mark.parametrize("block, depth", [("basic", 8), ("bottleneck", 11)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -10,11 +11,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
 
-from droplab import models, plots  # noqa: E402
+from droplab import blocks, plots
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +65,7 @@ def test_head_diagram_labels_all_seven_positions() -> None:
 def test_other_blocks_draw_with_the_guideline_marked(kind: str) -> None:
     fig = plots.position_diagram(kind, highlight="guideline")
     drawn = plots.texts(fig)
-    assert all(g in drawn for g in models.GUIDELINE[{"bottleneck": "preresnet-bottleneck", "resnetv1": "resnetv1"}[kind]])
+    assert all(g in drawn for g in blocks.GUIDELINE[plots.DIAGRAM_KINDS.get(kind, kind)])
     fig.savefig(__import__("io").BytesIO(), format="png")
 
 
@@ -89,7 +90,7 @@ def test_measured_vs_analytic_draws_a_line_and_markers() -> None:
 
 
 def test_bars_with_ci_draw_bars_and_the_baseline() -> None:
-    fig, ax = plots.figure("P5 and P6 help, P0 hurts", "dropout position", "test accuracy (%)")
+    _, ax = plots.figure("P5 and P6 help, P0 hurts", "dropout position", "test accuracy (%)")
     names = [f"P{i}" for i in range(8)]
     plots.bars_with_ci(ax, names, np.linspace(80, 94, 8), np.full(8, 0.3), baseline=93.6, highlight=("P5", "P6"))
     assert len(ax.patches) == 8
@@ -98,9 +99,27 @@ def test_bars_with_ci_draw_bars_and_the_baseline() -> None:
         plots.bars_with_ci(ax, names[:3], [1.0, 2.0], None)
 
 
-@pytest.mark.parametrize("kind, arch", [("preresnet", "preresnet-basic"), ("bottleneck", "preresnet-bottleneck"),
-                                        ("resnetv1", "resnetv1")])
-def test_diagrams_name_the_positions_the_models_use(kind: str, arch: str) -> None:
-    drawn = [t for t in plots.texts(plots.position_diagram(kind)) if t.startswith("P") and t[1:].isdigit()]
-    assert sorted(drawn) == sorted(models.POSITIONS[arch])
-    assert models.GUIDELINE[arch][0] in drawn
+POSITION = r"^[PHT]\d$"
+
+
+@pytest.mark.parametrize("kind", [*plots.DIAGRAM_KINDS, *blocks.LAYOUTS])
+def test_every_diagram_names_the_positions_of_its_slot_list_in_order(kind: str) -> None:
+    # the figure is drawn from the layout the networks are built from: same names, same order
+    layout = blocks.layout(plots.DIAGRAM_KINDS.get(kind, kind))
+    fig = plots.position_diagram(kind)
+    drawn = plots.texts(fig)
+    assert [t for t in drawn if re.match(POSITION, t)] == list(layout.positions)
+    boxes = [e.label for e in blocks.flatten(layout.slots) if isinstance(e, blocks.Layer) and e.drawn]
+    assert [t for t in drawn if t in boxes] == boxes
+    assert fig.axes[0].get_title().endswith(f"{layout.positions[0]}–{layout.positions[-1]}")
+    assert ("+" in drawn) == layout.residual
+
+
+def test_the_head_diagram_leaves_out_flatten_but_the_head_has_it() -> None:
+    assert "Flatten" not in plots.texts(plots.position_diagram("head"))
+    assert "Flatten" in [str(e) for e in blocks.layout("head").slots]
+
+
+def test_resnetv1_diagram_draws_the_relu_after_the_addition() -> None:
+    assert "ReLU → out" in plots.texts(plots.position_diagram("resnetv1"))
+    assert "out" in plots.texts(plots.position_diagram("preresnet"))

@@ -13,7 +13,6 @@ from torch import nn
 from droplab import dropout as D
 from droplab import models, surgery, train
 
-
 # --- swapping dropout layers and the forgotten scaling ---------------------------------------
 
 def test_replace_dropout_swaps_every_nn_dropout_and_keeps_p() -> None:

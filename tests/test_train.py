@@ -3,6 +3,7 @@ per-sample losses and gradient norms with dropout on (per_sample_losses, chapter
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -113,7 +114,7 @@ def test_fit_trains_an_h7_model(synthetic, small_resnet):
 def test_warm_up_then_cosine_decay_to_zero():
     f = [train.lr_factor(s, 100, 10) for s in range(100)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(f[9:], f[10:])) and f[-1] < 0.01
+    assert all(a >= b for a, b in itertools.pairwise(f[9:])) and f[-1] < 0.01
     assert train.lr_factor(55, 100, 10, "linear") == pytest.approx(0.5)
 
 
@@ -247,3 +248,11 @@ def test_history_says_which_epochs_had_dropout_and_old_records_had_it_in_all():
 def test_a_bad_dropout_epochs_says_what_it_is(bad):
     with pytest.raises(ValueError, match="early dropout"):
         train.Recipe(dropout_epochs=bad)
+
+
+def test_predict_builds_no_autograd_graph():
+    """Chapters call predict on whole test sets outside no_grad: a graph would hold every
+    activation of the pass in memory."""
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    out = train.predict(net, (torch.rand(5, 1, 2, 2), torch.zeros(5, dtype=torch.long)))
+    assert out.shape == (5, 3) and not out.requires_grad and out.grad_fn is None

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from droplab import data, models, train
+from droplab import data, models, networks, train
 from droplab.dropout import dropout_modules, mc_dropout
 from droplab.transformer import TRANSFORMER_POSITION_NAMES, TRANSFORMER_POSITIONS, SelfAttention, ViT
 
@@ -80,7 +80,7 @@ def test_the_attention_is_multi_head_softmax_attention():
     attn = SelfAttention(32, 2).eval()
     x = torch.randn(2, 5, 32)
     q, k, v = attn.qkv(x).chunk(3, dim=-1)
-    split = lambda t: t.view(2, 5, 2, 16).transpose(1, 2)  # noqa: E731
+    split = lambda t: t.view(2, 5, 2, 16).transpose(1, 2)
     ref = nn.functional.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).reshape(2, 5, 32)
     assert torch.allclose(attn(x), ref, atol=1e-5)
 
@@ -106,21 +106,21 @@ def test_shapes_parameters_and_the_head_share_the_resnets_layout():
 
 
 def test_build_makes_a_vit_from_a_netconfig():
-    cfg = models.NetConfig(arch="vit", norm="layer", depth=3, width=48, dropout_at="T3", p=0.2)
-    model = models.build(cfg)
+    cfg = networks.NetConfig(arch="vit", norm="layer", depth=3, width=48, dropout_at="T3", p=0.2)
+    model = networks.build(cfg)
     assert isinstance(model, ViT) and len(model.blocks) == 3 and model.dim == 48 and model.heads == 3
     assert model.blocks[0].mlp.branch[3].p == 0.2
-    assert "vit" in models.ARCHS
+    assert "vit" in networks.ARCHS
 
 
 @pytest.mark.parametrize("kwargs, says", [
-    (dict(norm="batch"), "norm='layer'"),
-    (dict(norm="layer", head_dropout_at="H5"), "T0-T4"),
-    (dict(norm="layer", dropout_at="P6"), "T0, T1, T2, T3, T4"),
+    ({"norm": "batch"}, "norm='layer'"),
+    ({"norm": "layer", "head_dropout_at": "H5"}, "T0-T4"),
+    ({"norm": "layer", "dropout_at": "P6"}, "T0, T1, T2, T3, T4"),
 ])
 def test_bad_vit_configs_say_what_is_valid(kwargs, says):
     with pytest.raises(ValueError, match=says):
-        models.build(models.NetConfig(arch="vit", depth=2, **{"width": 32, **kwargs}))
+        networks.build(networks.NetConfig(arch="vit", depth=2, **{"width": 32, **kwargs}))
 
 
 def test_a_bad_patch_size_or_head_count_says_what_is_needed():

@@ -87,7 +87,7 @@ def test_per_channel_variance_pools_positions() -> None:
     ],
 )
 @pytest.mark.parametrize("bad", [-0.5, 1.0, 2.0])
-def test_bad_p_is_rejected_with_the_valid_range(call, bad: float) -> None:  # noqa: ANN001
+def test_bad_p_is_rejected_with_the_valid_range(call, bad: float) -> None:
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         call(bad)
 

@@ -15,11 +15,16 @@ module                          its one idea
                                 one MC loop ``mc_samples`` (chapter 1)
 ``droplab.variance``            the inconsistency ratio (Kim et al. Eq. 3) and the analytic formulas
                                 of Eqs. 6-35 (chapters 2-4)
-``droplab.models``              the networks, every dropout position by name: PreResNet, ResNetV1,
-                                the head (P0-P7, H1-H7), MLP, CNN, the fully connected test blocks
-``droplab.transformer``         the pre-LN vision transformer and its dropout positions T0-T4 (chapter 6)
-``droplab.inconsistency``       the paper's module tests: Delta measured on small blocks beside the
-                                formulas of Propositions 2-5 (chapters 2-4)
+``droplab.blocks``              block layouts, written once: each block's slot list in execution order
+                                (P0-P7, H1-H7, T0-T4; Kim et al. Figures 2 and 4), ``ResidualBlock``,
+                                ``with_dropout``, and what derives from a layout (a position's
+                                neighbours, the next norm, the guideline); networks and diagrams read it
+``droplab.models``              the convolutional networks, built from those layouts: PreResNet,
+                                ResNetV1, the head, MLP, CNN (chapters 1-5)
+``droplab.transformer``         the pre-LN vision transformer and its positions T0-T4 (chapter 6)
+``droplab.networks``            ``NetConfig`` and ``build``: one network from one config, any architecture
+``droplab.inconsistency``       the paper's module tests: Delta measured on small fully connected blocks
+                                beside the formulas of Propositions 2-5 (chapters 2-4)
 ``droplab.surgery``             editing a built network: swap, rescale, insert or move dropout, copy weights,
                                 replace the classifier (chapters 1, 2, 4-6)
 ``droplab.train``               ``fit`` / ``evaluate`` / ``predict`` / ``recalibrate_bn`` with a ``Recipe``
@@ -28,15 +33,18 @@ module                          its one idea
 ``droplab.metrics``             statistics for claims: t-quantiles, mean +- CI, paired differences,
                                 power, verdicts, AUROC
 ``droplab.experiments``         the experiment registry: what each run of a sweep is
+``droplab.compare``             comparisons as data: paired differences, intervals, Holm, verdicts, tables
 ``droplab.records``             run records: write, read, check, tabulate
 ``droplab.sweep``               the resumable, shardable runner that trains a sweep's runs
 ``droplab.bench``               training throughput of the fast path against a plain PyTorch loop
-``droplab.plots``               the book's figure style
+``droplab.plots``               the book's figure style, and the position diagrams drawn from ``blocks``
 ==============================  =======================================================================
 
-Layers, bottom up (a module imports only those above it): scale, repro,
-data, dropout, variance, models, transformer, inconsistency / surgery, train, probes,
-metrics, experiments, records, sweep, bench; plots stands apart.
+Layers, bottom up (a module imports only modules before it in this list, inside functions
+too, so there is no import circle): scale, repro, data, dropout, variance, blocks, then
+models and transformer side by side (neither imports the other), networks, inconsistency,
+surgery, train, probes, metrics, experiments, compare, records, sweep, bench; plots reads
+blocks only. A module holds one idea, however long that takes.
 
 Importing ``droplab`` imports nothing heavy and has no side effects; import the
 module you need (``from droplab import models``).

@@ -28,8 +28,9 @@ import json
 import re
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, replace
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -209,7 +210,8 @@ def sweep_workers(runs: int = 4, workers: Sequence[int] = (1, 2), epochs: int = 
     from droplab import experiments, sweep
 
     base = experiments.get("residual")
-    sizes = replace(experiments.SMOKE, train_size=1000, recipe=replace(experiments.SMOKE.recipe, epochs=epochs))
+    sizes = replace(experiments.SMOKE, data=replace(experiments.SMOKE.data, train_size=1000),
+                    recipe=replace(experiments.SMOKE.recipe, epochs=epochs))
     exp = experiments.Experiment("bench-sweep", "a small sweep to time worker processes", base.configs[:runs],
                                    {"smoke": sizes})
     only = exp.config_names
@@ -228,11 +230,11 @@ def sweep_workers(runs: int = 4, workers: Sequence[int] = (1, 2), epochs: int = 
 
 def format_result(r: dict[str, Any]) -> str:
     fp = r["fast_path"]
-    lines = [f"{r['model']} (width {r['width']}, {r['num_parameters']:,} parameters), input {r['input']}, "
-             f"{r['images']} images, batch {r['batch_size']}, {r['threads']} torch thread(s), on {r['device_name']}",
+    lines = [(f"{r['model']} (width {r['width']}, {r['num_parameters']:,} parameters), input {r['input']}, "
+             f"{r['images']} images, batch {r['batch_size']}, {r['threads']} torch thread(s), on {r['device_name']}"),
              f"{'path':<44} {'images/s':>12}",
-             f"{'fast (fit: ' + fp['precision'] + (', channels_last' if fp['channels_last'] else '') + ')':<44} "
-             f"{r['fast_images_per_s']:>12,.0f}",
+             (f"{'fast (fit: ' + fp['precision'] + (', channels_last' if fp['channels_last'] else '') + ')':<44} "
+             f"{r['fast_images_per_s']:>12,.0f}"),
              f"{'fit, fp32, contiguous (the earlier CPU path)':<44} {r['fit_fp32_images_per_s']:>12,.0f}",
              f"{'reference (DataLoader, v2, fp32)':<44} {r['reference_images_per_s']:>12,.0f}",
              f"{'ratio fast / reference':<44} {r['ratio']:>12.2f}",

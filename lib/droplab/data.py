@@ -6,7 +6,7 @@
 Where the files are looked for, in order:
 
 1. the folder in ``DROPLAB_DATA``;
-2. the repository's ``data/`` folder;
+2. the repository's ``data/`` folder (for an installed package: ``~/.cache/droplab``);
 3. system data-set folders (Debian's ``dataset-fashion-mnist`` installs
    ``/usr/share/datasets/fashion-mnist``);
 4. a torchvision download into ``data/`` (checksummed, with a progress bar) when the
@@ -17,9 +17,10 @@ Every file is checked against its sha256 before it is parsed; a missing,
 truncated or corrupt file stops with a message that names it and says how to
 get a good copy. The ``synthetic`` set is generated, for unit tests only.
 
-Then: subsets of a split (:func:`subset`, :func:`holdout`, :func:`class_split`)
-and the device-resident augmentation the fast training path uses
-(:func:`random_crop_flip`).
+Then: subsets of a split (:func:`subset`, :func:`holdout`, :func:`class_split`),
+the data of one run (:class:`DataSpec`, :func:`splits`, with symmetric label noise
+by :func:`with_label_noise`) and the device-resident augmentation the fast training
+path uses (:func:`random_crop_flip`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-REPO_DATA = Path(__file__).resolve().parents[2] / "data"
+
+def _home() -> Path:
+    """The book's ``data/`` folder where droplab runs from a checkout; for an installed package
+    (a wheel, Colab) the user's cache folder, since a package's own folder is not for data."""
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "lib" / "droplab").is_dir():
+        return checkout / "data"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "droplab"
+
+
+REPO_DATA = _home()   # searched after DROPLAB_DATA, and where a download lands
 SYSTEM_DIRS = (Path("/usr/share/datasets"), Path("/usr/local/share/datasets"))
 SPLITS = ("train", "test")
 
@@ -236,7 +247,7 @@ def _read_split(name: str, split: str, fingerprint: tuple) -> Split:
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
         for member in tar.getmembers():
             if Path(member.name).name in members:
-                batch = pickle.load(tar.extractfile(member), encoding="latin1")  # noqa: S301 (checksummed)
+                batch = pickle.load(tar.extractfile(member), encoding="latin1")
                 xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
                 ys.append(np.asarray(batch[key], dtype=np.int64))
     return Split(torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)))
@@ -338,6 +349,57 @@ def holdout(split: Split, n_train: int | None, n_val: int, seed: int = 0) -> tup
     rest = Split(split.images[rest_idx], split.labels[rest_idx])
     train = subset(rest, n_train, seed=seed) if n_train is not None else rest
     return train, Split(split.images[val_idx], split.labels[val_idx])
+
+
+def with_label_noise(split: Split, rate: float, num_classes: int, seed: int = 0) -> Split:
+    """``split`` with ``round(rate * N)`` labels, drawn at random, each replaced by a class drawn
+    uniformly from the *other* classes (symmetric label noise; Arpit et al. 2017 measure how fast
+    networks memorize such labels). The images are untouched; the same seed gives the same noise."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"label noise is the share of training labels replaced, in [0, 1); got {rate!r}")
+    n = len(split.labels)
+    k = round(rate * n)
+    if k == 0:
+        return split
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(n, generator=gen)[:k]
+    labels = split.labels.clone()
+    shift = torch.randint(1, num_classes, (k,), generator=gen)        # never 0: always another class
+    labels[idx] = (labels[idx] + shift) % num_classes
+    return Split(split.images, labels)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """The data of one run: ``train_size`` training images (None: all that are left) and
+    ``val_size`` validation images held out of the training split, ``test_size`` test images
+    (None: the whole test split; 0: none, for runs that choose on validation only), drawn by
+    ``split_seed``; ``label_noise`` of the training
+    labels replaced by another class (:func:`with_label_noise`; validation and test labels stay
+    clean). Part of a run's spec (:class:`droplab.experiments.RunSpec`)."""
+
+    dataset: str = "fashion-mnist"
+    train_size: int | None = None
+    val_size: int = 0
+    test_size: int | None = None
+    split_seed: int = 0
+    label_noise: float = 0.0
+
+
+def splits(spec: DataSpec) -> tuple[Split, Split, Split]:
+    """The training, validation and test images of a run: the validation images are held out
+    of the training split (:func:`holdout`), the test images are a class-balanced subset of the
+    test split (or all of it), and ``spec.label_noise`` of the training labels are replaced."""
+    full = load(spec.dataset, "train")
+    tr, va = holdout(full, spec.train_size, spec.val_size, seed=spec.split_seed)
+    if spec.label_noise:
+        tr = with_label_noise(tr, spec.label_noise, info(spec.dataset).num_classes, seed=spec.split_seed)
+    te = load(spec.dataset, "test")
+    if spec.test_size == 0:                            # runs that choose on validation never see the test split
+        te = Split(te.images[:0], te.labels[:0])
+    elif spec.test_size is not None:
+        te = subset(te, spec.test_size, seed=spec.split_seed)
+    return tr, va, te
 
 
 def class_split(split: Split, classes: tuple[int, ...] | list[int] | range) -> Split:

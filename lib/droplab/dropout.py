@@ -235,7 +235,7 @@ def matched_beta(p: float) -> float:
 # --------------------------------------------------------------------------- Eq. 6
 
 
-def expected_output_variance(var_x, mean_x, p):  # noqa: ANN001,ANN201 (float, array or tensor)
+def expected_output_variance(var_x, mean_x, p):  # float, array or tensor
     """Train-mode variance of inverted dropout's output, Kim et al. Eq. 6 with ``q = 1 - p``:
 
         Var[Dropout_train(x)] = Var[x] / q + (1 - q) / q * E[x]**2
@@ -247,7 +247,7 @@ def expected_output_variance(var_x, mean_x, p):  # noqa: ANN001,ANN201 (float, a
     return var_x / q + (1.0 - q) / q * mean_x**2
 
 
-def uniform_dropout_variance(var_x, mean_x, beta):  # noqa: ANN001,ANN201 (float, array or tensor)
+def uniform_dropout_variance(var_x, mean_x, beta):  # float, array or tensor
     """Train-mode variance of :class:`UniformDropout`'s output:
 
         Var[x (1 + r)] = Var[x] + beta**2 / 3 * (Var[x] + E[x]**2)
@@ -466,35 +466,3 @@ def mutual_information(probs: torch.Tensor) -> torch.Tensor:
     if probs.dim() != 3:
         raise ValueError(f"expected MC probabilities of shape (T, N, K); got {tuple(probs.shape)}")
     return predictive_entropy(probs.mean(0)) - predictive_entropy(probs).mean(0)
-
-
-__all__ = [
-    "SCALINGS",
-    "DROPOUT_TYPES",
-    "check_p",
-    "check_scaling",
-    "mask",
-    "dropout",
-    "Dropout",
-    "SpatialDropout",
-    "UniformDropout",
-    "drop_path",
-    "matched_beta",
-    "expected_output_variance",
-    "uniform_dropout_variance",
-    "is_dropout",
-    "dropout_modules",
-    "enable_dropout",
-    "set_dropout",
-    "keep_modes",
-    "saved_buffers",
-    "mask_seed",
-    "seeded_masks",
-    "mc_dropout",
-    "mc_samples",
-    "mc_predict",
-    "mc_outputs",
-    "mc_predict_train_mode",
-    "predictive_entropy",
-    "mutual_information",
-]

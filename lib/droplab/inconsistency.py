@@ -11,7 +11,6 @@ function                          measures                                      
 :func:`block_ratio`               Delta of one block, f(x0) or x0 + f(x0), at P6     Prop. 3, Eqs. 21-23
 :func:`stacked_ratios`            Delta at every BN input of a stack of blocks       Prop. 4, Eqs. 26-31
 :func:`shift_at_next_bn`          Delta at the first BN after each block's dropout   Section 2.3
-:func:`norm_after_dropout`        Delta at the input and output of BN, GN, LN        chapter 6
 :func:`head_variances_iid`        Var at H4 and H5 for i.i.d. features               Prop. 5, Eqs. 34-35
 :func:`head_variances_on`         the same on a real feature map (N, C, H, W)        Eq. 6 per input
 ================================  ===============================================  =====================
@@ -19,8 +18,11 @@ function                          measures                                      
 The protocol: inputs from N(0, var), weights N(mean, 2/n) (He initialization
 when the mean is 0), BN in training mode, a large batch (1e5 in the paper;
 :func:`default_batch` picks the size for the scale in force). The blocks are
-:func:`mlp_block` (below); Delta is :func:`droplab.variance.inconsistency_ratio`
-and the masks come from :func:`droplab.dropout.seeded_masks`.
+:func:`mlp_block` (below), the PreResNet layout of :mod:`droplab.blocks` filled
+with linear layers; Delta is :func:`droplab.variance.inconsistency_ratio` and the
+masks come from :func:`droplab.dropout.seeded_masks`. Delta at the input and output
+of a BN, GroupNorm or LayerNorm right after dropout (chapter 6) is measured by the
+probe behind it, :func:`droplab.probes.norm_after_dropout`.
 """
 
 from __future__ import annotations
@@ -31,11 +33,10 @@ from typing import Literal
 import torch
 from torch import nn
 
-from droplab import scale
+from droplab import blocks, scale
+from droplab.blocks import DROP_PATH, POSITION_NAMES, check_position
 from droplab.dropout import Dropout, check_p, seeded_masks, set_dropout
-from droplab.models import DROP_PATH, POSITION_NAMES, ResidualBlock, check_position, with_dropout
 from droplab.variance import batch_variance, inconsistency_ratio, variance_at_h4, variance_at_h5
-
 
 # --------------------------------------------------------------------------- the fully connected blocks
 
@@ -52,7 +53,8 @@ def he_linear(n_in: int, n_out: int | None = None, mean: float = 0.0, generator:
 
 def mlp_branch(width: int, dropout_at: str | None = "P6", p: float = 0.5, mean_w: float = 0.0, gamma: float = 1.0,
                generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64) -> nn.Sequential:
-    """The fully connected analogue of the PreResNet branch, in execution order::
+    """The fully connected analogue of the PreResNet branch, in execution order (the layout
+    "preresnet-basic" of :mod:`droplab.blocks`, linear layers for the convs)::
 
         [P1] BN1 [P2] ReLU [P3] W1 [P4] BN2 [P5] ReLU [P6] W2 [P7]
 
@@ -65,11 +67,11 @@ def mlp_branch(width: int, dropout_at: str | None = "P6", p: float = 0.5, mean_w
     bn2 = nn.BatchNorm1d(width, dtype=dtype)
     with torch.no_grad():
         bn2.weight.fill_(gamma)
-    return with_dropout([
-        "P1", nn.BatchNorm1d(width, dtype=dtype), "P2", nn.ReLU(),
-        "P3", he_linear(width, mean=mean_w, generator=generator, dtype=dtype), "P4", bn2, "P5", nn.ReLU(),
-        "P6", he_linear(width, mean=mean_w, generator=generator, dtype=dtype), "P7",
-    ], dropout_at, p, layer=Dropout)
+    return blocks.with_dropout(blocks.fill(
+        "preresnet-basic", nn.BatchNorm1d(width, dtype=dtype), nn.ReLU(),
+        he_linear(width, mean=mean_w, generator=generator, dtype=dtype), bn2, nn.ReLU(),
+        he_linear(width, mean=mean_w, generator=generator, dtype=dtype),
+    ), dropout_at, p, layer=Dropout)
 
 
 def mlp_block(width: int, dropout_at: str | None = "P6", p: float = 0.5, residual: bool = True, mean_w: float = 0.0,
@@ -82,8 +84,8 @@ def mlp_block(width: int, dropout_at: str | None = "P6", p: float = 0.5, residua
     """
     branch = mlp_branch(width, dropout_at, p, mean_w, gamma, generator, dtype)
     if dropout_at == "P0":
-        return ResidualBlock(branch, pre=Dropout(p)) if residual else nn.Sequential(Dropout(p), *branch)
-    return ResidualBlock(branch) if residual else branch
+        return blocks.ResidualBlock(branch, pre=Dropout(p)) if residual else nn.Sequential(Dropout(p), *branch)
+    return blocks.ResidualBlock(branch) if residual else branch
 
 
 def default_batch() -> int:
@@ -160,13 +162,11 @@ def block_ratio(
 # --------------------------------------------------------------------------- Proposition 4: stacked blocks
 
 #: Which batch normalization first sees a dropout at each position of a PreResNet block
-#: (Kim et al. Section 2.3): P0 and P1 feed BN1 of the same block, P2-P4 its BN2, and
-#: P5-P7 the BN1 of the *next* block, whose input is this block's output x_{l+1}
-#: (``"out"``), after the skip connection has added the shortcut.
-NEXT_BN: dict[str, str] = {
-    "P0": "BN1", "P1": "BN1", "P2": "BN2", "P3": "BN2", "P4": "BN2", "P5": "out", "P6": "out", "P7": "out",
-    DROP_PATH: "out",   # DropPath at P7's place (chapter 6)
-}
+#: (Kim et al. Section 2.3), derived from the block's layout (:func:`droplab.blocks.next_norm`):
+#: P0 and P1 feed BN1 of the same block, P2-P4 its BN2, and P5-P7 (and DropPath) the BN1 of
+#: the *next* block, whose input is this block's output x_{l+1} (``"out"``), after the skip
+#: connection has added the shortcut.
+NEXT_BN: dict[str, str] = {p: blocks.next_norm("preresnet-basic", p) for p in POSITION_NAMES + (DROP_PATH,)}
 
 
 def stacked_ratios(
@@ -218,7 +218,7 @@ def stacked_ratios(
     seen: dict[tuple[bool, int, str], float] = {}
     phase = {"train": True}
 
-    def hook_for(block: int, name: str):  # noqa: ANN202
+    def hook_for(block: int, name: str):
         def hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
             seen[(phase["train"], block, name)] = batch_variance(inputs[0]).mean().item()
         return hook
@@ -261,32 +261,6 @@ def shift_at_next_bn(depth: int, position: str = "P6", p: float = 0.5, width: in
     it compounds with depth, because the shortcut carries the dropped input.
     """
     return stacked_ratios(depth, position, p, width, batch, seed, var_x0)[NEXT_BN[position]]
-
-
-def norm_after_dropout(norm: str, p: float, mean: float = 0.0, var: float = 1.0, channels: int = 16,
-                       batch: int | None = None, seed: int = 0):  # noqa: ANN201 (a probes.NormShift)
-    """Dropout(p) right before one normalization layer, ``models.norm2d(norm, channels)``
-    (BN, GroupNorm in groups of 4 channels, or LayerNorm), on features N(``mean``, ``var``)
-    of shape (``batch``, ``channels``, 4, 4): Delta at the layer's input and output
-    (:func:`droplab.probes.norm_shift`, chapter 6). A BN first gathers its running
-    statistics over the same features with dropout on (training passes, cumulative average),
-    as it does in a network trained with dropout before it.
-    Formulas: :func:`droplab.variance.dropout_ratio` at the input,
-    :func:`droplab.variance.norm_output_ratio` at the output."""
-    from droplab.models import norm2d
-    from droplab.probes import norm_shift
-
-    check_p(p)
-    n = batch or default_batch()
-    x = mean + math.sqrt(var) * torch.randn(n, channels, 4, 4, generator=_gen(seed))
-    block = nn.Sequential(nn.Dropout(p), norm2d(norm, channels))
-    if norm == "batch":
-        block[1].momentum = None
-        block.train()
-        with torch.no_grad(), seeded_masks(seed + 1):
-            for chunk in torch.split(x, 256):
-                block(chunk)
-    return norm_shift(block, x, seed=seed + 2, batch_size=256)[0]
 
 
 # --------------------------------------------------------------------------- Proposition 5: the head

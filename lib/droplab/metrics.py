@@ -74,7 +74,7 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
     return mean, t975(n - 1) * s / math.sqrt(n)
 
 
-def mean_se(values) -> tuple[float, float]:  # noqa: ANN001 (a tensor, array or sequence)
+def mean_se(values) -> tuple[float, float]:  # a tensor, array or sequence
     """Mean and standard error ``s / sqrt(n)`` (``s`` with ``n - 1``) of ``values``: a tensor, an
     array or a sequence, e.g. the per-image differences of two predictions (chapter 1 checks
     effects "by more than five standard errors"). Computed in float64; the standard error is NaN
@@ -155,7 +155,7 @@ def joint_verdict(parts: dict[str, str]) -> str:
     return _UNRESOLVED + ", ".join(f"{d} for {name}" for name, d in details.items()) + ")"
 
 
-def _flat(scores, what: str) -> np.ndarray:  # noqa: ANN001 (tensor, array or sequence)
+def _flat(scores, what: str) -> np.ndarray:  # tensor, array or sequence
     if isinstance(scores, torch.Tensor):
         scores = scores.detach().to("cpu", torch.float64).numpy()
     arr = np.asarray(scores, dtype=np.float64).ravel()
@@ -166,7 +166,7 @@ def _flat(scores, what: str) -> np.ndarray:  # noqa: ANN001 (tensor, array or se
     return arr
 
 
-def auroc(scores_in, scores_out) -> float:  # noqa: ANN001 (tensors, arrays or sequences)
+def auroc(scores_in, scores_out) -> float:  # tensors, arrays or sequences
     """Area under the ROC curve for flagging "out" inputs by a high score.
 
     Equals the probability that a random "out" score exceeds a random "in"
@@ -218,7 +218,7 @@ def pm(mean: float, ci95: float, scale: float = 100.0, digits: int = 2, signed: 
     return f"{m} ± {scale * ci95:.{digits}f}" if math.isfinite(ci95) else f"{m} (one seed)"
 
 
-def styled(frame, caption: str):  # noqa: ANN001, ANN201 (a pandas DataFrame -> its Styler)
+def styled(frame, caption: str):  # a pandas DataFrame -> its Styler
     """A results table as the book shows it: an HTML table with a caption, no index column."""
     return frame.style.hide(axis="index").set_caption(caption)
 
@@ -235,5 +235,19 @@ def epochs_to_target(curve: Sequence[float], target: float) -> float:
     return float(len(curve) + 1)
 
 
-__all__ = ["VERDICT_WORDS", "t_quantile", "t975", "mean_ci95", "mean_se", "minimum_detectable_effect", "verdict",
-           "joint_verdict", "pm", "styled", "auroc", "paired_difference", "resolved_sign", "epochs_to_target"]
+__all__ = [
+    "VERDICT_WORDS",
+    "auroc",
+    "epochs_to_target",
+    "joint_verdict",
+    "mean_ci95",
+    "mean_se",
+    "minimum_detectable_effect",
+    "paired_difference",
+    "pm",
+    "resolved_sign",
+    "styled",
+    "t975",
+    "t_quantile",
+    "verdict",
+]

@@ -1,9 +1,11 @@
-"""The networks of the book, with every dropout position by name.
+"""The convolutional networks of the book, with every dropout position by name.
 
 Kim et al. (UAI 2023) name eight places for dropout in a residual block
 (P0-P7, their Figure 2) and seven in the classification head (H1-H7, their
-Figure 4). Here each name is a slot in one ``nn.Sequential`` written in
-execution order, so ``print(model)`` shows where dropout sits::
+Figure 4). Each block here is one ``nn.Sequential`` in execution order, filled
+from its layout in :mod:`droplab.blocks` (the one source of where each
+position sits, which the diagrams draw too), so ``print(model)`` shows where
+dropout sits::
 
     PreResNet(20, dropout_at="P6", head_dropout_at="H4")   # Guidelines 1 and 2
 
@@ -16,7 +18,7 @@ sit around the *first* BN-ReLU of the branch, P4-P6 around the *last*, P7
 after the last weight layer, so Guideline 1 ("after the last BN, before the
 last weight layer of the residual branch"; for ResNetV1 "at the end of the
 branch", Kim et al. Section 3.1) is ``P6`` in all three (:data:`GUIDELINE`).
-The head (:data:`HEAD_POSITIONS`) is
+The head (:data:`droplab.blocks.HEAD_POSITIONS`) is
 
 ``features -> [H1 Conv1x1 H2 BN H3 ReLU] H4 -> GAP -> Flatten -> H5 FC H6 -> [softmax H7]``
 
@@ -27,8 +29,9 @@ last activation, before GAP" (Guideline 2). With H7 the model returns
 ``droplab.train.criterion`` takes their negative log.
 
 Beyond BN (chapter 6): ``norm`` swaps every BN of a PreResNet for GroupNorm or LayerNorm
-(:func:`norm2d`; P0-P7 keep their places around "the norm"), ``dropout_at="P7path"`` is DropPath
-at P7's place, and ``NetConfig(arch="vit")`` builds the ViT of :mod:`droplab.transformer`.
+(:func:`norm2d`; P0-P7 keep their places around "the norm"), and ``dropout_at="P7path"`` is
+DropPath at P7's place. The vision transformer is :mod:`droplab.transformer`; one network
+from a config, whatever its architecture, is :func:`droplab.networks.build`.
 
 The library follows PyTorch: ``p`` is the probability of *dropping* a unit
 (Kim et al. write p for the keep probability, q = 1 - p in the book).
@@ -37,85 +40,30 @@ The fully connected blocks of the module tests live with them, in :mod:`droplab.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Sequence, Union
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from droplab.dropout import check_p, drop_path
+from droplab import blocks
+from droplab.blocks import DROP_PATH, HEAD_POSITION_NAMES, ResidualBlock, Slot, check_position, with_dropout
+from droplab.dropout import check_p
 
-POSITION_NAMES: tuple[str, ...] = tuple(f"P{i}" for i in range(8))
-HEAD_POSITION_NAMES: tuple[str, ...] = tuple(f"H{i}" for i in range(1, 8))
-BLOCKS: tuple[str, ...] = ("basic", "bottleneck")
+# The tables of droplab.blocks that chapters 3 and 4 and the experiment registry read from here.
+POSITIONS = blocks.POSITIONS
+POSITION_NAMES = blocks.POSITION_NAMES
+GUIDELINE = blocks.GUIDELINE
+#: The PreResNet block types and their layouts in :mod:`droplab.blocks`.
+BLOCK_LAYOUTS: dict[str, str] = {"basic": "preresnet-basic", "bottleneck": "preresnet-bottleneck"}
+BLOCKS: tuple[str, ...] = tuple(BLOCK_LAYOUTS)
 NORMS: tuple[str, ...] = ("batch", "group", "layer")
 # GroupNorm's groups (norm2d) have 4 channels each. Wu & He's default of 32 groups would leave a
 # 16-channel stage half a channel per group; a fixed group size means the same normalization in every
 # stage (4, 8, 16 groups at width 16) and stays away from 1 channel per group (InstanceNorm), their worst.
 GROUP_SIZE = 4
-# DropPath (Huang et al. 2016): the whole residual branch of a sample dropped, at P7's place (chapter 6).
-DROP_PATH = "P7path"
-
-POSITIONS: dict[str, dict[str, str]] = {
-    "preresnet-basic": {
-        "P0": "block input, before the split into shortcut and branch",
-        "P1": "start of the branch, before BN1",
-        "P2": "after BN1",
-        "P3": "after the first ReLU",
-        "P4": "after Conv1, before BN2",
-        "P5": "after BN2",
-        "P6": "after the second ReLU, before Conv2 (Guideline 1)",
-        "P7": "after Conv2, before the addition",
-    },
-    "preresnet-bottleneck": {
-        "P0": "block input, before the split into shortcut and branch",
-        "P1": "start of the branch, before BN1",
-        "P2": "after BN1",
-        "P3": "after the first ReLU",
-        "P4": "after Conv2, before BN3",
-        "P5": "after BN3",
-        "P6": "after the third ReLU, before Conv3 (Guideline 1)",
-        "P7": "after Conv3, before the addition",
-    },
-    "resnetv1": {
-        "P0": "block input, before the split into shortcut and branch",
-        "P1": "start of the branch, before Conv1",
-        "P2": "after Conv1, before BN1",
-        "P3": "after BN1",
-        "P4": "after the ReLU, before Conv2",
-        "P5": "after Conv2, before BN2",
-        "P6": "after BN2, the end of the branch before the addition (Guideline 1)",
-    },
-}
-
-HEAD_POSITIONS: dict[str, str] = {
-    "H1": "head input, before the head conv",
-    "H2": "after the head conv, before its BN",
-    "H3": "after the head BN",
-    "H4": "after the last activation, before GAP (Guideline 2)",
-    "H5": "after GAP, before FC (the common practice)",
-    "H6": "after FC, on the logits",
-    "H7": "after softmax, on the probabilities",
-}
-
-# Kim et al.'s Guidelines 1 (residual blocks) and 2 (the head): the positions each recommends,
-# the one the book builds first; P5 = P6 and H3 = H4 compute the same network (chapters 3, 4).
-GUIDELINE: dict[str, tuple[str, ...]] = {
-    "preresnet-basic": ("P6", "P5"), "preresnet-bottleneck": ("P6",), "resnetv1": ("P6",), "head": ("H4", "H3"),
-}
-
-Slot = Union[str, nn.Module]
 
 
-# -------- Checking arguments and filling position slots -------------------------------
-
-def check_position(at: str | None, valid: Sequence[str], where: str) -> str | None:
-    """Return ``at`` if it is None or one of ``valid``, else raise a ValueError that lists them."""
-    if at is not None and at not in valid:
-        raise ValueError(f"unknown dropout position {at!r} for {where}; valid positions are "
-                         f"{', '.join(valid)} (or None for no dropout)")
-    return at
-
+# -------- Checking arguments and the layers that fill the slots ----------------------
 
 def _check_depth(depth: int, block: str) -> int:
     """Number of blocks per stage: depth = 6n+2 (basic) or 9n+2 (bottleneck)."""
@@ -125,17 +73,6 @@ def _check_depth(depth: int, block: str) -> int:
         raise ValueError(f"depth {depth!r} is not {per}n+2 as a {block}-block network needs; "
                          f"valid depths are {valid}, ...")
     return (depth - 2) // per
-
-
-def with_dropout(slots: Sequence[Slot], at: str | None, p: float,
-                 layer: Callable[[float], nn.Module] = nn.Dropout) -> nn.Sequential:
-    """An ``nn.Sequential`` of the modules in ``slots``, with ``layer(p)`` (``nn.Dropout(p)``) at
-    every slot whose name equals ``at``; the other names are dropped from the sequence.
-    ``at="P7path"`` puts :func:`droplab.dropout.drop_path` (DropPath) in the slot "P7"."""
-    if at == DROP_PATH:
-        at, layer = "P7", drop_path
-    return nn.Sequential(*[layer(p) if s == at else s for s in slots
-                           if isinstance(s, nn.Module) or s == at])
 
 
 def norm2d(norm: str, channels: int) -> nn.Module:
@@ -170,87 +107,56 @@ def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 
 # -------- Residual blocks (Kim et al. Figure 2) ---------------------------------------
 
-class ResidualBlock(nn.Module):
-    """``out = post(branch(pre(x)) + shortcut(pre(x)))``: the one residual block of droplab.
-
-    ``pre`` is dropout at P0 (else identity), so the shortcut sees the dropped
-    input too; ``shortcut`` is the identity or a projection; ``post`` is the
-    ReLU after the addition in ResNetV1 (else identity). The convolutional
-    blocks below and the fully connected :func:`droplab.inconsistency.mlp_block` are all this class.
-    """
-
-    def __init__(self, branch: nn.Module, shortcut: nn.Module | None = None, pre: nn.Module | None = None,
-                 post: nn.Module | None = None):
-        super().__init__()
-        self.pre = pre if pre is not None else nn.Identity()
-        self.branch = branch
-        self.shortcut = shortcut if shortcut is not None else nn.Identity()
-        self.post = post if post is not None else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pre(x)
-        return self.post(self.branch(x) + self.shortcut(x))
-
-
-def _p0(at: str | None, p: float) -> nn.Module | None:  # the dropout on the block input, at P0
-    return nn.Dropout(p) if at == "P0" else None
-
-
 def preact_basic_block(cin: int, cout: int, stride: int, at: str | None, p: float,
                        norm: str = "batch") -> ResidualBlock:
-    """PreResNet basic block (He et al. 2016b): x -> [BN1 ReLU Conv1 BN2 ReLU Conv2] + shortcut
-    (BN or another ``norm``, :func:`norm2d`)."""
-    branch = with_dropout([
-        "P1", norm2d(norm, cin), "P2", nn.ReLU(), "P3", conv3x3(cin, cout, stride), "P4",
-        norm2d(norm, cout), "P5", nn.ReLU(), "P6", conv3x3(cout, cout), "P7",
-    ], at, p)
+    """PreResNet basic block (He et al. 2016b): ``x -> [P0] -> [P1 BN1 P2 ReLU P3 Conv1 P4 BN2 P5 ReLU P6
+    Conv2 P7] + shortcut`` (BN or another ``norm``, :func:`norm2d`), the layout "preresnet-basic"."""
+    branch = [norm2d(norm, cin), nn.ReLU(), conv3x3(cin, cout, stride), norm2d(norm, cout), nn.ReLU(),
+              conv3x3(cout, cout)]
     shortcut = conv1x1(cin, cout, stride) if (stride != 1 or cin != cout) else None
-    return ResidualBlock(branch, shortcut, pre=_p0(at, p))
+    return blocks.residual_block("preresnet-basic", branch, at, p, shortcut)
 
 
 def preact_bottleneck_block(cin: int, mid: int, stride: int, at: str | None, p: float,
                             norm: str = "batch") -> ResidualBlock:
-    """PreResNet bottleneck block: three BN-ReLU-Conv stages (1x1, 3x3, 1x1), output 4*mid channels."""
+    """PreResNet bottleneck block: three BN-ReLU-Conv stages (1x1, 3x3, 1x1), output 4*mid channels,
+    ``[P1 BN1 P2 ReLU P3 Conv1 BN2 ReLU Conv2 P4 BN3 P5 ReLU P6 Conv3 P7]``, the layout "preresnet-bottleneck"."""
     cout = 4 * mid
-    branch = with_dropout([
-        "P1", norm2d(norm, cin), "P2", nn.ReLU(), "P3", conv1x1(cin, mid),
-        norm2d(norm, mid), nn.ReLU(), conv3x3(mid, mid, stride), "P4",
-        norm2d(norm, mid), "P5", nn.ReLU(), "P6", conv1x1(mid, cout), "P7",
-    ], at, p)
+    branch = [norm2d(norm, cin), nn.ReLU(), conv1x1(cin, mid),
+              norm2d(norm, mid), nn.ReLU(), conv3x3(mid, mid, stride),
+              norm2d(norm, mid), nn.ReLU(), conv1x1(mid, cout)]
     shortcut = conv1x1(cin, cout, stride) if (stride != 1 or cin != cout) else None
-    return ResidualBlock(branch, shortcut, pre=_p0(at, p))
+    return blocks.residual_block("preresnet-bottleneck", branch, at, p, shortcut)
 
 
 def v1_basic_block(cin: int, cout: int, stride: int, at: str | None, p: float) -> ResidualBlock:
-    """ResNetV1 basic block (He et al. 2016a): ReLU([Conv1 BN1 ReLU Conv2 BN2] + shortcut)."""
-    branch = with_dropout([
-        "P1", conv3x3(cin, cout, stride), "P2", nn.BatchNorm2d(cout), "P3", nn.ReLU(), "P4",
-        conv3x3(cout, cout), "P5", nn.BatchNorm2d(cout), "P6",
-    ], at, p)
+    """ResNetV1 basic block (He et al. 2016a): ``ReLU([P1 Conv1 P2 BN1 P3 ReLU P4 Conv2 P5 BN2 P6] + shortcut)``
+    with P0 on the block input, the layout "resnetv1"."""
+    branch = [conv3x3(cin, cout, stride), nn.BatchNorm2d(cout), nn.ReLU(), conv3x3(cout, cout), nn.BatchNorm2d(cout)]
     shortcut = (nn.Sequential(conv1x1(cin, cout, stride), nn.BatchNorm2d(cout))
                 if (stride != 1 or cin != cout) else None)
-    return ResidualBlock(branch, shortcut, pre=_p0(at, p), post=nn.ReLU())
+    return blocks.residual_block("resnetv1", branch, at, p, shortcut, post=nn.ReLU())
 
 
 # -------- The head (Kim et al. Figure 4) ----------------------------------------------
 
 def make_head(channels: int, num_classes: int, at: str | None = None, p: float = 0.1,
               conv: bool = False, norm: str = "batch") -> nn.Sequential:
-    """``[H1 Conv1x1 H2 BN H3 ReLU] H4 GAP Flatten H5 FC H6 [Softmax H7]``.
+    """``[H1 Conv1x1 H2 BN H3 ReLU] H4 GAP Flatten H5 FC H6 [Softmax H7]``, the layout "head".
 
     The head conv (channels -> channels) is built when ``conv`` or when ``at``
     is H1-H3 (its BN is ``norm``, :func:`norm2d`); the softmax only when ``at`` is H7
-    (the model then returns probabilities).
+    (the model then returns probabilities): :func:`droplab.blocks.head_slots`.
     """
     check_position(at, HEAD_POSITION_NAMES, "the head")
     check_p(p, "head_p")
-    slots: list[Slot] = []
-    if conv or at in ("H1", "H2", "H3"):
-        slots += ["H1", conv1x1(channels, channels), "H2", norm2d(norm, channels), "H3", nn.ReLU()]
-    slots += ["H4", nn.AdaptiveAvgPool2d(1), nn.Flatten(), "H5", nn.Linear(channels, num_classes), "H6"]
-    if at == "H7":
-        slots += [nn.Softmax(dim=1), "H7"]
-    return with_dropout(slots, at, p)
+    make: dict[str, Callable[[], nn.Module]] = {
+        "Conv1x1": lambda: conv1x1(channels, channels), "BN": lambda: norm2d(norm, channels), "act": nn.ReLU,
+        "GAP": lambda: nn.AdaptiveAvgPool2d(1), "Flatten": nn.Flatten, "FC": lambda: nn.Linear(channels, num_classes),
+        "softmax": lambda: nn.Softmax(dim=1),
+    }
+    slots = blocks.head_slots(at, conv)
+    return with_dropout(blocks.fill(slots, *[make[e.label]() for e in slots if isinstance(e, blocks.Layer)]), at, p)
 
 
 def _init(model: nn.Module) -> None:
@@ -279,14 +185,14 @@ def _stages(width: int, n: int, make: Callable[[int, int, int], nn.Module], expa
     """Three stages of ``n`` blocks ``make(cin, planes, stride)``, planes ``width, 2 width, 4 width``
     (times ``expansion`` at a block's output), stride 2 at the start of stages 2 and 3.
     Returns the blocks and the channels of the last one."""
-    blocks: list[nn.Module] = []
+    out: list[nn.Module] = []
     cin = width
     for stage in range(3):
         planes = width * 2**stage
         for i in range(n):
-            blocks.append(make(cin, planes, 2 if (stage > 0 and i == 0) else 1))
+            out.append(make(cin, planes, 2 if (stage > 0 and i == 0) else 1))
             cin = expansion * planes
-    return blocks, cin
+    return out, cin
 
 
 class _ResNet(_Network):
@@ -333,15 +239,16 @@ class PreResNet(_ResNet):
         super().__init__()
         if block not in BLOCKS:
             raise ValueError(f"unknown block type {block!r}; valid block types are {', '.join(BLOCKS)}")
-        n, p, head_p = self._check(depth, block, dropout_at, POSITION_NAMES + (DROP_PATH,),
-                                   f"a PreResNet {block} block", head_dropout_at, p, head_p)
+        positions = blocks.layout(BLOCK_LAYOUTS[block]).positions + (DROP_PATH,)
+        n, p, head_p = self._check(depth, block, dropout_at, positions, f"a PreResNet {block} block",
+                                   head_dropout_at, p, head_p)
         self.norm = norm
         make = preact_basic_block if block == "basic" else preact_bottleneck_block
-        blocks, cin = _stages(width, n, lambda c, planes, stride: make(c, planes, stride, dropout_at, p, norm),
+        stages, cin = _stages(width, n, lambda c, planes, stride: make(c, planes, stride, dropout_at, p, norm),
                               expansion=1 if block == "basic" else 4)
         self._finish(nn.Sequential(
             conv3x3(in_channels, width),                        # stem
-            *blocks,
+            *stages,
             nn.Sequential(norm2d(norm, cin), nn.ReLU()),        # final BN-ReLU of the trunk
         ), cin, num_classes, head_dropout_at, head_p, head_conv, norm)
 
@@ -352,7 +259,7 @@ class ResNetV1(_ResNet):
     Basic blocks ``ReLU([Conv-BN-ReLU-Conv-BN] + shortcut)``, depth 6n+2, a
     3x3 Conv-BN-ReLU stem, three stages of widths ``width, 2*width, 4*width``
     and a 1x1 Conv-BN projection shortcut where the shape changes. Dropout
-    positions P0-P6 as in the module table; Guideline 1 is P6, the end of the
+    positions P0-P6 as in :data:`POSITIONS`; Guideline 1 is P6, the end of the
     branch (Kim et al. Section 3.1, Table 3).
     """
 
@@ -360,60 +267,13 @@ class ResNetV1(_ResNet):
                  dropout_at: str | None = None, head_dropout_at: str | None = None,
                  p: float = 0.1, head_p: float | None = None, head_conv: bool = False):
         super().__init__()
-        n, p, head_p = self._check(depth, "basic", dropout_at, tuple(POSITIONS["resnetv1"]), "a ResNetV1 block",
+        n, p, head_p = self._check(depth, "basic", dropout_at, blocks.layout("resnetv1").positions, "a ResNetV1 block",
                                    head_dropout_at, p, head_p)
-        blocks, cin = _stages(width, n, lambda c, planes, stride: v1_basic_block(c, planes, stride, dropout_at, p))
+        stages, cin = _stages(width, n, lambda c, planes, stride: v1_basic_block(c, planes, stride, dropout_at, p))
         self._finish(nn.Sequential(
             nn.Sequential(conv3x3(in_channels, width), nn.BatchNorm2d(width), nn.ReLU()),  # stem
-            *blocks,
+            *stages,
         ), cin, num_classes, head_dropout_at, head_p, head_conv)
-
-
-ARCHS: tuple[str, ...] = ("preresnet", "resnetv1", "vit")
-
-
-@dataclass(frozen=True)
-class NetConfig:
-    """One residual network of chapters 3-4, nanoGPT-style: everything :func:`build` needs.
-
-    ``arch`` "preresnet" (``block`` "basic" or "bottleneck") or "resnetv1";
-    ``depth`` 6n+2 (basic) or 9n+2 (bottleneck); stage widths ``width, 2 width,
-    4 width``; ``dropout_at`` P0-P7 in every block and ``head_dropout_at`` H1-H7
-    in the head (Kim et al. Figures 2 and 4), with drop probabilities ``p`` and
-    ``head_p`` (None: ``p``); ``head_conv`` adds the head's 1x1 Conv-BN-ReLU;
-    ``norm`` "batch", "group" or "layer" (PreResNet, chapter 6). ``arch="vit"``
-    (:class:`droplab.transformer.ViT`, ``norm="layer"``): ``depth`` blocks of width ``width``, T0-T4.
-    """
-
-    arch: str = "preresnet"
-    block: str = "basic"
-    depth: int = 20
-    width: int = 16
-    dropout_at: str | None = None
-    p: float = 0.1
-    head_dropout_at: str | None = None
-    head_p: float | None = None
-    head_conv: bool = False
-    in_channels: int = 1
-    num_classes: int = 10
-    norm: str = "batch"
-
-
-def build(cfg: NetConfig) -> nn.Module:
-    """The network ``cfg`` describes (a :class:`PreResNet`, :class:`ResNetV1` or ViT)."""
-    common = dict(num_classes=cfg.num_classes, in_channels=cfg.in_channels, width=cfg.width,
-                  dropout_at=cfg.dropout_at, head_dropout_at=cfg.head_dropout_at, p=cfg.p,
-                  head_p=cfg.head_p, head_conv=cfg.head_conv)
-    if cfg.arch == "vit":
-        from droplab.transformer import from_config   # it builds on this module
-        return from_config(cfg)
-    if cfg.arch == "resnetv1":
-        if cfg.block != "basic" or cfg.norm != "batch":
-            raise ValueError(f"a ResNetV1 has basic blocks and BN only, got block={cfg.block!r}, norm={cfg.norm!r}")
-        return ResNetV1(cfg.depth, **common)
-    if cfg.arch == "preresnet":
-        return PreResNet(cfg.depth, block=cfg.block, norm=cfg.norm, **common)
-    raise ValueError(f"unknown arch {cfg.arch!r}; valid archs are {', '.join(ARCHS)}")
 
 
 # -------- Small non-residual networks for chapters 1-2 --------------------------------

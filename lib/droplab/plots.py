@@ -7,8 +7,11 @@
 - :func:`measured_vs_analytic`: the analytic curve as a line, the measurement
   as markers beside it (with optional error bars).
 - :func:`bars_with_ci`: bars with 95% CI error bars and an optional baseline.
+- :func:`forest`: comparisons with their intervals and verdicts, one row each, beside
+  the differences a paper reports (the book's verdict figures).
 - :func:`position_diagram`: the PreResNet block with P0-P7, the head with
-  H1-H7 (Kim et al. Figures 2 and 4), and the bottleneck / ResNetV1 blocks.
+  H1-H7 (Kim et al. Figures 2 and 4), the bottleneck / ResNetV1 blocks and the
+  transformer's halves (T0-T4), each drawn from its layout in :mod:`droplab.blocks`.
 
 The Agg backend is chosen only when no backend was set and there is no display
 (and only when a figure is made, never at import).
@@ -23,6 +26,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+
+from droplab import blocks
 
 STYLE: dict[str, Any] = {
     "figure.figsize": (6.4, 4.0),
@@ -237,39 +242,83 @@ def differences_with_ci(
     return ax
 
 
+VERDICT_COLOURS = {"supports": PALETTE[2], "contradicts": PALETTE[1], "unresolved": "#777777"}
+
+
+def forest(
+    comparisons: Sequence[Any],
+    title: str,
+    *,
+    ax: Any = None,
+    scale: float = 100.0,
+    unit: str = "points",
+    quoted: dict[str, Sequence[float]] | None = None,
+    quoted_label: str = "Kim et al. (quoted)",
+    xlabel: str | None = None,
+) -> tuple[Any, Any]:
+    """A forest plot of comparisons (:class:`droplab.compare.Comparison`): one row each, top
+    down, the mean difference as a dot coloured by its verdict, its interval as a bar (the level
+    each was drawn at is in the legend), the zero line, and the differences ``quoted`` from a
+    paper (keyed by the comparison's name, e.g. ``"P6 − none"``) as open diamonds. ``scale`` turns fractions into
+    ``unit`` (percent points by default). Returns ``(fig, ax)``."""
+    comparisons = list(comparisons)
+    if not comparisons:
+        raise ValueError("a forest plot needs at least one comparison")
+    metric = getattr(comparisons[0], "metric", "")
+    xlabel = xlabel or f"difference in {metric.replace('final_', '').replace('_', ' ')} ({unit})".replace(" ()", "")
+    fig, ax = figure(title, xlabel, "", ax=ax,
+                     figsize=(6.4, max(2.2, 0.42 * len(comparisons) + 1.3)))
+    ys = np.arange(len(comparisons))[::-1]
+    ax.axvline(0.0, color="black", linewidth=1.0, zorder=1)
+    seen: set[str] = set()
+    for y, c in zip(ys, comparisons):
+        v = str(c.verdict)
+        colour = VERDICT_COLOURS.get(v, PALETTE[0])
+        if np.isfinite(c.low):
+            ax.plot([scale * c.low, scale * c.high], [y, y], color=colour, linewidth=2.2, zorder=2)
+        label = v if v not in seen else None
+        seen.add(v)
+        ax.scatter([scale * c.mean], [y], color=colour, edgecolors="black", s=42, zorder=3, label=label)
+    if quoted:
+        qx, qy = [], []
+        for y, c in zip(ys, comparisons):
+            for v in quoted.get(c.name, ()):
+                qx.append(v)
+                qy.append(y - 0.22)
+        if qx:
+            ax.scatter(qx, qy, marker="D", s=24, facecolors="none", edgecolors=PALETTE[0], zorder=3,
+                       label=quoted_label)
+    levels = sorted({round(100 * c.level, 2) for c in comparisons})
+    ax.set_yticks(ys)
+    ax.set_yticklabels([c.name for c in comparisons])
+    ax.grid(True, axis="x", alpha=STYLE["grid.alpha"])
+    ax.grid(False, axis="y")
+    ax.legend(title=f"interval: {', '.join(f'{lv:g} %' for lv in levels)}", loc="best")
+    fig.tight_layout()
+    return fig, ax
+
+
 # --------------------------------------------------------------------------- position diagrams
 
-# (box label, kind) in execution order; positions go on the arrows between boxes.
-_BRANCHES: dict[str, list[tuple[str, str]]] = {
-    "preresnet": [("BN1", "bn"), ("ReLU", "act"), ("Conv1", "weight"), ("BN2", "bn"), ("ReLU", "act"), ("Conv2", "weight")],
-    "bottleneck": [
-        ("BN1", "bn"), ("ReLU", "act"), ("Conv1x1", "weight"),
-        ("BN2", "bn"), ("ReLU", "act"), ("Conv3x3", "weight"),
-        ("BN3", "bn"), ("ReLU", "act"), ("Conv1x1", "weight"),
-    ],
-    "resnetv1": [("Conv1", "weight"), ("BN1", "bn"), ("ReLU", "act"), ("Conv2", "weight"), ("BN2", "bn")],
-    "head": [("Conv1x1", "weight"), ("BN", "bn"), ("act", "act"), ("GAP", "other"), ("FC", "weight"), ("softmax", "other")],
-    # The two residual blocks of a pre-LN transformer block (chapter 6), the attention written out.
-    "attention": [("LN", "bn"), ("Linear qkv", "weight"), ("QKᵀ/√d", "other"), ("softmax", "other"),
-                  ("· V", "other"), ("Linear", "weight")],
-    "mlp": [("LN", "bn"), ("Linear", "weight"), ("GELU", "act"), ("Linear", "weight")],
-}
+#: The diagram kinds the chapters name, beside the layout names of :mod:`droplab.blocks`.
+DIAGRAM_KINDS: dict[str, str] = {"preresnet": "preresnet-basic", "bottleneck": "preresnet-bottleneck"}
+_BOX_COLOUR = {"norm": "bn", "act": "act", "weight": "weight"}   # any other kind of layer: "other"
 
-#: Default position names: the first is the block input (before the split), then one per arrow
-#: ("" for an arrow without a name). PreResNet and the head follow Kim et al. Figures 2 and 4;
-#: the bottleneck and ResNetV1 names are the book's extension and match ``droplab.models.POSITIONS``:
-#: P1-P3 around the first BN-ReLU, P4-P6 around the last, P7 after the last weight, so
-#: Guideline 1 is P6 in every architecture (the middle bottleneck stage has no names).
-DEFAULT_LABELS: dict[str, list[str]] = {
-    "preresnet": [f"P{i}" for i in range(8)],
-    "bottleneck": ["P0", "P1", "P2", "P3", "", "", "", "P4", "P5", "P6", "P7"],
-    "resnetv1": [f"P{i}" for i in range(7)],
-    "head": [f"H{i}" for i in range(1, 8)],
-    # T0 is on the embeddings, once: the input of the first block's attention branch.
-    "attention": ["T0", "", "", "", "", "T1", "", "T2"],
-    "mlp": ["", "", "", "", "T3", "T4"],
-}
-_ARCH = {"preresnet": "preresnet-basic", "bottleneck": "preresnet-bottleneck", "resnetv1": "resnetv1", "head": "head"}
+
+def _boxes(lay: blocks.Layout) -> tuple[list[tuple[str, str]], list[str]]:
+    """What :func:`position_diagram` draws for a layout: the boxes ``(label, colour key of
+    BOX_COLOURS)`` in execution order, and the position names on the arrows: for a residual
+    block first the block input (before the split), then one per arrow into, between and out
+    of the boxes ("" for an arrow without a name)."""
+    boxes: list[tuple[str, str]] = []
+    names = [""]                                   # the arrow into the first box
+    for e in blocks.flatten(lay.slots):
+        if isinstance(e, str):
+            names[-1] = e
+        elif e.drawn:
+            boxes.append((e.label, _BOX_COLOUR.get(e.kind, "other")))
+            names.append("")
+    return boxes, ([lay.block_input or ""] if lay.residual else []) + names
 
 
 def position_diagram(
@@ -280,32 +329,31 @@ def position_diagram(
 ) -> Any:
     """Draw a block (or the head) as boxes in execution order with the dropout positions on the arrows.
 
-    ``kind``: ``"preresnet"`` (P0-P7, Kim et al. Figure 2), ``"head"``
-    (H1-H7, Figure 4), ``"bottleneck"``, ``"resnetv1"``, or the two halves of a
-    pre-LN transformer block, ``"attention"`` and ``"mlp"`` (T0-T4, chapter 6). Residual kinds
-    draw the shortcut and the addition; P0 sits on the input before the split.
-    ``highlight`` marks positions in the highlight colour (``"guideline"``
-    marks Guideline 1 or 2). ``labels`` overrides the position names.
-    Returns the figure.
+    ``kind``: a layout of :mod:`droplab.blocks` (:data:`droplab.blocks.LAYOUTS`), or as the
+    chapters call them ``"preresnet"`` (P0-P7, Kim et al. Figure 2), ``"head"`` (H1-H7,
+    Figure 4), ``"bottleneck"``, ``"resnetv1"``, or the two halves of a pre-LN transformer
+    block, ``"attention"`` and ``"mlp"`` (T0-T4, chapter 6). Boxes and position names come
+    from the layout, so the figure shows the slot list the networks are built from. Residual kinds draw the shortcut and the addition; P0 sits on the input
+    before the split. ``highlight`` marks positions in the highlight colour (``"guideline"``
+    marks Guideline 1 or 2). ``labels`` overrides the position names. Returns the figure.
     """
-    if kind not in _BRANCHES:
-        raise ValueError(f"kind must be one of {', '.join(map(repr, _BRANCHES))}; got {kind!r}")
+    valid = [*DIAGRAM_KINDS, *blocks.LAYOUTS]
+    if kind not in valid:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, valid))}; got {kind!r}")
     _ensure_backend()
     import matplotlib.pyplot as plt
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-    boxes = _BRANCHES[kind]
-    names = list(labels) if labels is not None else DEFAULT_LABELS[kind]
-    residual = kind != "head"
-    n_expected = len(boxes) + 2 if residual else len(boxes) + 1
-    if len(names) != n_expected:
-        raise ValueError(f"{kind} has {n_expected} positions; got {len(names)} labels")
+    lay = blocks.layout(DIAGRAM_KINDS.get(kind, kind))
+    boxes, default_names = _boxes(lay)
+    names = list(labels) if labels is not None else default_names
+    residual = lay.residual
+    if len(names) != len(default_names):
+        raise ValueError(f"{kind} has {len(default_names)} positions; got {len(names)} labels")
     if highlight == "guideline":
-        from droplab.models import GUIDELINE
-
-        if kind not in _ARCH:
+        if not lay.guideline:
             raise ValueError(f"no guideline covers a {kind!r} block; name the positions to highlight instead")
-        hl = set(GUIDELINE[_ARCH[kind]])
+        hl = set(lay.guideline)
     elif isinstance(highlight, str):
         hl = {highlight}
     else:
@@ -368,22 +416,16 @@ def position_diagram(
         k += 1
         ax.add_patch(plt.Circle((x_add, 0), 0.25, fc="white", ec="black", lw=1.2))
         ax.text(x_add, 0, "+", ha="center", va="center", fontsize=12)
-        tail = "ReLU" if kind == "resnetv1" else ""
         arrow(x_add + 0.25, 0, x_out, 0)
-        ax.text(x_out + 0.1, 0, ("ReLU → " if tail else "") + "out", ha="left", va="center", fontsize=9, style="italic")
+        ax.text(x_out + 0.1, 0, "".join(f"{layer.label} → " for layer in lay.after_addition) + "out",
+                ha="left", va="center", fontsize=9, style="italic")
     else:
         arrow(prev, 0, x_out, 0)
         pos_label(names[k], (prev + x_out) / 2, 0)
         ax.text(x_out + 0.1, 0, "ŷ", ha="left", va="center", fontsize=11)
-    default_titles = {
-        "preresnet": "PreResNet basic block: dropout positions P0–P7",
-        "bottleneck": "PreResNet bottleneck block: dropout positions",
-        "resnetv1": "ResNetV1 basic block: dropout positions",
-        "head": "Classification head: dropout positions H1–H7",
-        "attention": "Pre-LN transformer, attention half: T0 (first block only), T1, T2",
-        "mlp": "Pre-LN transformer, MLP half: T3, T4",
-    }
-    ax.set_title(title or default_titles[kind], fontsize=11, fontweight="bold")
+    positions = [n for n in default_names if n]
+    default_title = f"{lay.title}: dropout positions {positions[0]}–{positions[-1]}"
+    ax.set_title(title or default_title, fontsize=11, fontweight="bold")
     return fig
 
 
@@ -397,17 +439,3 @@ def texts(fig_or_ax: Any) -> list[str]:
         out += [ax.get_title(), ax.get_xlabel(), ax.get_ylabel()]
         out += [t.get_text() for t in ax.get_xticklabels()]
     return out
-
-
-__all__ = [
-    "STYLE",
-    "PALETTE",
-    "style",
-    "apply_style",
-    "figure",
-    "measured_vs_analytic",
-    "bars_with_ci",
-    "position_diagram",
-    "DEFAULT_LABELS",
-    "texts",
-]

@@ -7,7 +7,8 @@
   2019; chapters 2 and 5);
 - :func:`norm_shift` and :class:`NormShift`: Delta at the input and at the
   output of every BatchNorm, GroupNorm and LayerNorm, training vs inference
-  (chapter 6);
+  (chapter 6), and :func:`norm_after_dropout`, the module test behind it:
+  Dropout(p) right before one norm;
 - :func:`per_sample_losses`: the loss and gradient norm each sample gets with
   fresh dropout masks (Kim et al. Section 2.4; chapter 4);
 - :func:`gradient_noise`: the spread of mini-batch gradients with and without
@@ -19,6 +20,7 @@ and draws its masks from :func:`droplab.dropout.seeded_masks`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +28,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from droplab.dropout import check_p, dropout_modules, is_dropout, keep_modes, mask, saved_buffers, seeded_masks, set_dropout
+from droplab.dropout import (
+    check_p,
+    dropout_modules,
+    is_dropout,
+    keep_modes,
+    mask,
+    saved_buffers,
+    seeded_masks,
+    set_dropout,
+)
+from droplab.inconsistency import default_batch
+from droplab.models import norm2d
 from droplab.train import EPS, criterion, model_device, outputs_probabilities, stats_for, to_device
 
 
@@ -298,6 +311,30 @@ def norm_shift(model: nn.Module, x: torch.Tensor, *, seed: int = 0, batch_size: 
                              output_ratio=(ev_out.square_mean.mean() / tr_out.square_mean.mean()).item(),
                              after_dropout=key in after))
     return out
+
+
+def norm_after_dropout(norm: str, p: float, mean: float = 0.0, var: float = 1.0, channels: int = 16,
+                       batch: int | None = None, seed: int = 0) -> NormShift:
+    """Dropout(p) right before one normalization layer, ``models.norm2d(norm, channels)``
+    (BN, GroupNorm in groups of 4 channels, or LayerNorm), on features N(``mean``, ``var``)
+    of shape (``batch``, ``channels``, 4, 4): Delta at the layer's input and output
+    (:func:`norm_shift`, chapter 6). A BN first gathers its running statistics over the
+    same features with dropout on (training passes, cumulative average), as it does in a
+    network trained with dropout before it. ``batch`` defaults to the module tests' size
+    for the scale in force (:func:`droplab.inconsistency.default_batch`).
+    Formulas: :func:`droplab.variance.dropout_ratio` at the input,
+    :func:`droplab.variance.norm_output_ratio` at the output."""
+    check_p(p)
+    n = batch or default_batch()
+    x = mean + math.sqrt(var) * torch.randn(n, channels, 4, 4, generator=torch.Generator().manual_seed(seed))
+    block = nn.Sequential(nn.Dropout(p), norm2d(norm, channels))
+    if norm == "batch":
+        block[1].momentum = None
+        block.train()
+        with torch.no_grad(), seeded_masks(seed + 1):
+            for chunk in torch.split(x, 256):
+                block(chunk)
+    return norm_shift(block, x, seed=seed + 2, batch_size=256)[0]
 
 
 def per_sample_losses(model: nn.Module, data: Any, samples: int = 8, *, seed: int = 0,

@@ -1,63 +1,67 @@
-"""Run records: one JSON file per (config, seed), written atomically, read back, checked
-against the registry and tabulated::
+"""Run records: one JSON file per (config, seed), written atomically, read back only
+through one checked loader::
 
-    data/results/<experiment>/<scale>/<dataset>/<config>-seed<k>.json
+    <results>/<experiment>/<scale>/<dataset>/<config>-seed<k>.json
 
-A record holds the run's spec (:func:`droplab.experiments.spec`), its history,
-the fast path used, the provenance and, measured after training with dropout
-off, ``final_train_acc`` (un-augmented training images), ``final_val_acc``
-(images held out of the training split) and ``final_test_acc``.
+A record holds the format version, the run's config and spec
+(:class:`droplab.experiments.RunSpec`), its history, the fast path used, the
+provenance and, measured after training with dropout off, the accuracy and loss
+on the un-augmented training images, the validation images and the test images.
 
-From Python (chapters 3-5)::
+Every reader (the chapters, ``sweep table``, the paper-scale report, a resumed
+sweep) goes through :func:`check_record`: a record that is partial, corrupt, of
+an unknown format, made with other settings than the registry's (its spec, its
+config, its baseline), or whose values are of the wrong type or out of range, is
+refused by file name, with the reason::
 
-    records = records.check_records("residual", "class", seeds=5)   # committed, whole and current, or an error
-    rows = records.table(recs)       # mean +- 95% CI, paired difference from the baseline, power
+    recs = records.check_records("residual", "class", seeds=5)   # whole and current, or a RecordsError
 
-The results folder is ``data/results`` in the repository, or ``DROPLAB_RESULTS``;
-:func:`check_records` reads the committed ones unless told another folder.
+The committed records travel with the package (``droplab/results``, read by
+:func:`check_records`); a sweep writes to ``--results``, ``DROPLAB_RESULTS``,
+or, in a checkout of the book, the committed folder (never into an installed package).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
-from droplab import metrics
 from droplab import scale as _scale
-from droplab.experiments import Experiment, get, plan, spec
-from droplab.train import Recipe
+from droplab.experiments import Experiment, Run, get, plan, spec
 
-REPO_RESULTS = Path(__file__).resolve().parents[2] / "data" / "results"
-METRIC = "final_test_acc"
+FORMAT = 2          # 1: the config as the registry's fields then; 2: name, baseline and overrides
+COMMITTED = Path(__file__).resolve().parent / "results"      # the committed records (package data)
+CHECKOUT = Path(__file__).resolve().parents[2]
+SPLIT_NAMES = ("train", "val", "test")
 
 
 # ----------------------------------------------------------------------------
-# Records
+# Where records live
 # ----------------------------------------------------------------------------
+
+def in_checkout() -> bool:
+    """Whether droplab runs from a checkout of the book (an editable install), not a wheel."""
+    return (CHECKOUT / "pyproject.toml").is_file() and (CHECKOUT / "lib" / "droplab").is_dir()
+
 
 def results_root(results_dir: str | Path | None = None) -> Path:
-    return Path(results_dir or os.environ.get("DROPLAB_RESULTS") or REPO_RESULTS)
+    """Where a sweep writes: ``results_dir``, else ``DROPLAB_RESULTS``, else (in a checkout) the
+    committed folder; an installed package is never written into."""
+    if results_dir or os.environ.get("DROPLAB_RESULTS"):
+        return Path(results_dir or os.environ["DROPLAB_RESULTS"]).expanduser()
+    if in_checkout():
+        return COMMITTED
+    raise ValueError("droplab is installed as a package, whose committed records are read-only: say where "
+                     "new records go with --results FOLDER (Python: results_dir=...) or DROPLAB_RESULTS=FOLDER")
 
 
 def record_dir(experiment: str, scale: str, dataset: str, results_dir: str | Path | None = None) -> Path:
     return results_root(results_dir) / experiment / scale / dataset
-
-
-def read_record(path: Path) -> dict[str, Any] | None:
-    """The record at ``path`` if it is complete and valid, else None."""
-    try:
-        rec = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    ok = (isinstance(rec, dict) and rec.get("status") == "complete" and isinstance(rec.get("history"), dict)
-          and path.name == f"{rec.get('config', {}).get('name')}-seed{rec.get('seed')}.json")
-    return rec if ok else None
 
 
 def write_atomic(path: Path, payload: dict[str, Any]) -> None:
@@ -78,126 +82,188 @@ def write_atomic(path: Path, payload: dict[str, Any]) -> None:
         pass
 
 
-def load_records(experiment: str | Experiment, scale: str | None = None, dataset: str | None = None,
-                 results_dir: str | Path | None = None) -> list[dict[str, Any]]:
-    """All complete records of a sweep, sorted by (seed, config order); partial files are skipped.
+# ----------------------------------------------------------------------------
+# Checking one record
+# ----------------------------------------------------------------------------
 
-    For records a chapter relies on use :func:`check_records`, which also refuses
-    missing, corrupt and stale ones."""
+class RecordError(ValueError):
+    """One record refused: the message names its file and says what is wrong with it."""
+
+    def __init__(self, path: Path, reason: str, kind: str = "corrupt") -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason, self.kind = path, reason, kind     # kind: corrupt, stale or format
+
+
+class RecordsError(RuntimeError):
+    """A set of records that is not whole: missing, corrupt, stale or of an unknown format.
+    The message names each file and gives the command that makes them again."""
+
+
+_TOP = {"format", "status", "experiment", "scale", "dataset", "config", "seed", "spec", "num_parameters",
+        "train_size", "val_size", "test_size", "history", "fast_path", "train_seconds", "wall_seconds",
+        "provenance"} | {f"final_{s}_{m}" for s in SPLIT_NAMES for m in ("acc", "loss")}
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _problem(rec: Any, path: Path, exp: Experiment, scale: str, dataset: str) -> tuple[str, str] | None:
+    """What is wrong with ``rec`` read from ``path``, as (kind, reason), or None."""
+    if not isinstance(rec, dict):
+        return "corrupt", f"not a record (a JSON {type(rec).__name__}, not an object)"
+    fmt = rec.get("format", 1)
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
+        return "corrupt", f"format {fmt!r} is not a format version"
+    if fmt > FORMAT:
+        return "format", f"format {fmt} is newer than this droplab reads (up to {FORMAT}): update droplab"
+    if rec.get("status") != "complete":
+        return "corrupt", f"status {rec.get('status')!r}: the run did not finish"
+    unknown = set(rec) - _TOP
+    if unknown:
+        return "corrupt", f"unknown field(s) {sorted(unknown)}"
+    for key, want in (("experiment", exp.name), ("scale", scale), ("dataset", dataset)):
+        if rec.get(key) != want:
+            return "corrupt", f"{key} is {rec.get(key)!r}, but the file sits in the folder of {want!r}"
+    cfg, seed = rec.get("config"), rec.get("seed")
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("name"), str):
+        return "corrupt", "its config is not an object with a name"
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        return "corrupt", f"seed {seed!r} is not a non-negative int"
+    if path.name != f"{cfg['name']}-seed{seed}.json":
+        return "corrupt", f"it is the record of {cfg['name']}-seed{seed}, not of its file name"
+    try:
+        registered = exp.config(cfg["name"])
+    except ValueError:
+        return "stale", f"the registry of {exp.name!r} has no config {cfg['name']!r}"
+    if cfg.get("baseline", "none") != registered.baseline:
+        return "stale", f"baseline {cfg.get('baseline')!r}, the registry says {registered.baseline!r}"
+    if fmt >= 2 and json.loads(json.dumps(registered.to_dict())) != cfg:
+        return "stale", "its config differs from the registry's"
+    diff = spec(exp, registered, scale, dataset, seed=seed).stale_fields(rec.get("spec"))
+    if diff:
+        return "stale", f"made with other settings than the registry's ({', '.join(diff[:4])}{', ...' if len(diff) > 4 else ''})"
+    hist = rec.get("history")
+    if not isinstance(hist, dict) or not isinstance(hist.get("diverged", False), bool):
+        return "corrupt", "its history is not an object with a true/false 'diverged'"
+    for split in SPLIT_NAMES:
+        acc, loss, n = rec.get(f"final_{split}_acc"), rec.get(f"final_{split}_loss"), rec.get(f"{split}_size")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            return "corrupt", f"{split}_size {n!r} is not a count"
+        if acc is None and loss is None and (hist.get("diverged") or n == 0):
+            continue                                   # a diverged run, or a split the run did not have
+        if not (_finite(acc) and 0.0 <= acc <= 1.0):
+            return "corrupt", f"final_{split}_acc {acc!r} is not an accuracy in [0, 1]"
+        if not (_finite(loss) and loss >= 0.0):
+            return "corrupt", f"final_{split}_loss {loss!r} is not a finite loss"
+    for key in ("train_seconds", "wall_seconds"):
+        if not (_finite(rec.get(key)) and rec[key] >= 0):
+            return "corrupt", f"{key} {rec.get(key)!r} is not a duration"
+    prov = rec.get("provenance")
+    if not isinstance(prov, dict) or not all(isinstance(prov.get(k), str) for k in ("device_name", "torch")):
+        return "corrupt", "its provenance does not name the device and torch"
+    if not isinstance(rec.get("fast_path"), dict):
+        return "corrupt", "its fast_path is not an object"
+    return None
+
+
+def check_record(path: Path, experiment: str | Experiment, scale: str, dataset: str) -> dict[str, Any]:
+    """The record at ``path``, checked; a :class:`RecordError` names the file and the reason."""
     exp = get(experiment)
-    folder = record_dir(exp.name, _scale.validate(scale or _scale.current()), dataset or exp.dataset, results_dir)
-    recs = [r for r in (read_record(p) for p in sorted(folder.glob("*.json"))) if r is not None]
-    return sorted_records(exp, recs)
+    try:
+        rec = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise RecordError(Path(path), f"cannot be read ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise RecordError(Path(path), f"is not JSON (truncated or corrupt: {exc})") from None
+    problem = _problem(rec, Path(path), exp, scale, dataset)
+    if problem is not None:
+        raise RecordError(Path(path), problem[1], problem[0])
+    return rec
 
+
+def read_record(path: Path, experiment: str | Experiment, scale: str, dataset: str) -> dict[str, Any] | None:
+    """The record at ``path`` if it passes :func:`check_record`, else None (a sweep redoes it)."""
+    try:
+        return check_record(path, experiment, scale, dataset)
+    except RecordError:
+        return None
+
+
+# ----------------------------------------------------------------------------
+# The checked loader
+# ----------------------------------------------------------------------------
 
 def sorted_records(exp: Experiment, recs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     order = {n: i for i, n in enumerate(exp.config_names)}
     return sorted(recs, key=lambda r: (r["seed"], order.get(r["config"]["name"], len(order))))
 
 
-class RecordsError(RuntimeError):
-    """Committed run records that are missing, corrupt or stale; the message names them
-    and the command that makes them."""
-
-
-def stale_fields(stored: dict[str, Any], expected: dict[str, Any]) -> list[str]:
-    """The fields (``section.name``) in which a record's stored spec differs from ``expected``.
-
-    A field the record lacks counts as its default value, so adding a field to
-    the registry with its default does not make old records stale; any other
-    difference does, and so does a field the registry no longer has."""
-    from droplab import models
-
-    defaults = {"net": asdict(models.NetConfig()), "recipe": asdict(Recipe()), "data": {}}
-    out = []
-    for section, want in expected.items():
-        have = stored.get(section) if isinstance(stored, dict) else None
-        if not isinstance(have, dict):
-            out.append(section)
-            continue
-        for k, v in want.items():
-            if have.get(k, defaults[section].get(k, object())) != v:
-                out.append(f"{section}.{k}")
-        out += [f"{section}.{k}" for k in have if k not in want]
-    return out
-
-
 def check_records(experiment: str | Experiment, scale: str, seeds: int | Iterable[int],
                   only: Sequence[str] | None = None, dataset: str | None = None,
                   results_dir: str | Path | None = None) -> list[dict[str, Any]]:
-    """The records of every (config, seed) of the plan, or a :class:`RecordsError`.
-
-    Refuses, by file name: a missing record, a partial or corrupt file, and a
-    stale one (its spec differs from the registry's: :func:`stale_fields`), and
-    says the command that makes them. Chapters build their tables from the
-    committed records through this call, so a changed registry never mixes old
-    and new runs silently. It reads the repository's ``data/results`` (the
-    committed records) unless ``results_dir`` names another folder;
-    ``DROPLAB_RESULTS``, where tests and readers' own sweeps write, is not read."""
+    """The records of every (config, seed) of the plan, each checked (:func:`check_record`),
+    or a :class:`RecordsError` that names every missing, partial, corrupt, stale or
+    unknown-format file and says the command that makes them. ``seeds`` is a count (the
+    experiment's first seeds) or a list; ``only`` some configs (each once). It reads the
+    committed records unless ``results_dir`` names another folder."""
     exp = get(experiment)
-    sc = _scale.validate(scale)
-    ds = dataset or exp.dataset
-    folder = record_dir(exp.name, sc, ds, results_dir or REPO_RESULTS)
-    runs = plan(exp, seeds, only)
-    missing, corrupt, stale, records = [], [], [], []
-    specs: dict[str, dict[str, Any]] = {}
+    return _checked(exp, _scale.validate(scale), dataset or exp.dataset, results_dir, plan(exp, seeds, only))
+
+
+def _folder(exp: Experiment, scale: str, dataset: str, results_dir: str | Path | None) -> Path:
+    return Path(results_dir or COMMITTED) / exp.name / scale / dataset
+
+
+def _checked(exp: Experiment, sc: str, ds: str, results_dir: str | Path | None, runs: Sequence[Run],
+             unknown: Sequence[str] = ()) -> list[dict[str, Any]]:
+    folder = _folder(exp, sc, ds, results_dir)
+    refused: dict[str, list[str]] = {"missing": [], "corrupt": [], "stale": [f"{n} (no such config in the registry)"
+                                                                         for n in unknown], "format": []}
+    records = []
     for r in runs:
         path = folder / f"{r.key}.json"
         if not path.exists():
-            missing.append(path.name)
+            refused["missing"].append(path.name)
             continue
-        rec = read_record(path)
-        if rec is None:
-            corrupt.append(path.name)
-            continue
-        if r.config not in specs:
-            specs[r.config] = spec(exp, r.config, sc, ds)
-        diff = stale_fields(rec.get("spec", {}), specs[r.config])
-        if diff:
-            stale.append(f"{path.name} ({', '.join(diff[:4])}{', ...' if len(diff) > 4 else ''})")
-            continue
-        records.append(rec)
-    if missing or corrupt or stale:
-        seeds_list = sorted({r.seed for r in runs})
-        configs = sorted({r.config for r in runs}, key=exp.config_names.index)
+        try:
+            records.append(check_record(path, exp, sc, ds))
+        except RecordError as err:
+            refused[err.kind].append(f"{path.name} ({err.reason})")
+    if any(refused.values()):
         lines = [f"the records of {exp.name!r} ({sc} scale, {ds}) in {folder} are not whole:"]
-        for what, names in (("missing", missing), ("partial or corrupt", corrupt),
-                            ("stale (made with other settings than the registry's)", stale)):
-            if names:
+        for what, key in (("missing", "missing"), ("partial or corrupt", "corrupt"),
+                          ("stale (made with other settings than the registry's)", "stale"),
+                          ("of a newer format", "format")):
+            if refused[key]:
+                names = refused[key]
                 lines.append(f"  {what}: {', '.join(names[:12])}{' ...' if len(names) > 12 else ''}")
-        lines.append(f"make them with: python -m droplab.sweep run {exp.name} --scale {sc} "
-                     f"--seeds {max(seeds_list) + 1} --only {','.join(configs)}"
-                     + (f" --dataset {ds}" if ds != exp.dataset else ""))
+        if runs:
+            last = max(r.seed for r in runs) - exp.first_seed + 1
+            configs = sorted({r.config for r in runs}, key=exp.config_names.index)
+            lines.append(f"make them with: python -m droplab.sweep run {exp.name} --scale {sc} --seeds {last} "
+                         f"--only {','.join(configs)}" + (f" --dataset {ds}" if ds != exp.dataset else ""))
         raise RecordsError("\n".join(lines))
     return records
 
 
-# ----------------------------------------------------------------------------
-# Tables: mean +- 95% confidence interval over seeds, paired differences, power
-# ----------------------------------------------------------------------------
-
-@dataclass
-class Row:
-    """One config of a table: ``n`` runs, ``mean`` ± ``ci95`` of the metric, and against
-    its baseline the paired difference ``diff`` ± ``diff_ci95`` over the ``n_paired``
-    seeds both have, with the smallest difference those seeds could detect (``mde``,
-    80 % power)."""
-
-    config: str
-    n: int
-    mean: float
-    ci95: float
-    baseline: str
-    diff: float
-    diverged: int = 0
-    diff_ci95: float = math.nan
-    mde: float = math.nan
-    n_paired: int = 0
-
-    @property
-    def paired(self) -> tuple[float, float, float, int]:
-        """The comparison with the baseline in one tuple: (diff, diff_ci95, mde, n_paired)."""
-        return self.diff, self.diff_ci95, self.mde, self.n_paired
+def load_whole(experiment: str | Experiment, scale: str, dataset: str | None = None,
+               results_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """Every record a folder holds, shown whole or refused. Each config with a file there must
+    have a record that passes the checks for every seed from the experiment's first to its
+    last file's, and every file must be such a record (:func:`check_records`'s errors); an
+    empty folder gives an empty list."""
+    exp = get(experiment)
+    sc, ds = _scale.validate(scale), dataset or exp.dataset
+    last: dict[str, int] = {}
+    for p in _folder(exp, sc, ds, results_dir).glob("*.json"):
+        m = re.fullmatch(r"(.+)-seed(\d+)\.json", p.name)
+        name, seed = (m.group(1), int(m.group(2))) if m else (p.stem, exp.first_seed)
+        last[name] = max(last.get(name, seed), seed)
+    unknown = sorted(n for n in last if n not in exp.config_names)
+    runs = sorted(Run(s, exp.config_names.index(c), c) for c, top in last.items() if c in exp.config_names
+                  for s in range(exp.first_seed, top + 1))
+    return sorted_records(exp, _checked(exp, sc, ds, results_dir, runs, unknown)) if last else []
 
 
 def provenance_summary(records: Sequence[dict[str, Any]]) -> str:
@@ -213,154 +279,41 @@ def provenance_summary(records: Sequence[dict[str, Any]]) -> str:
 
 
 def paper_scale_report(experiment: str | Experiment, dataset: str) -> str:
-    """Chapters 3-4's paper-scale section: where the committed paper-scale records of
-    ``experiment`` on ``dataset`` were made, with their table; where there are none yet, the
+    """Where the committed paper-scale records of ``experiment`` on ``dataset`` were made, with
+    their table, shown whole or refused (:func:`load_whole`); where there are none yet, the
     command that makes them on one GPU."""
     exp = get(experiment)
-    recs = load_records(exp, "paper", dataset, results_dir=REPO_RESULTS)
+    recs = load_whole(exp, "paper", dataset)
     if not recs:
         return (f"no paper-scale records of {exp.name} on {dataset} yet. To make them (one GPU), run from the "
                 f"repository root:\n    python -m droplab.sweep run {exp.name} --scale paper --seeds 3 "
-                f"--dataset {dataset} --results data/results\n")
+                f"--dataset {dataset}\n")
+    from droplab import compare
+
     return (f"{exp.name}, paper scale, {dataset}, seeds {sorted({r['seed'] for r in recs})}: "
-            f"{provenance_summary(recs)}\n{format_table(table(recs))}")
+            f"{provenance_summary(recs)}\n{compare.text_table(recs)}")
 
 
-def table(records: Sequence[dict[str, Any]], metric: str = METRIC) -> list[Row]:
-    """One row per config: n runs, mean and 95 % CI of ``metric``, and the paired
-    difference from the config's baseline (``Config.baseline``) with its 95 % CI and
-    smallest detectable difference. Diverged runs are counted in ``diverged`` and
-    left out."""
-    by: dict[str, dict[int, float]] = {}
-    diverged: dict[str, int] = {}
-    baselines: dict[str, str] = {}
-    for r in records:
-        name = r["config"]["name"]
-        baselines[name] = r["config"].get("baseline", "none")
-        v = r.get(metric)
-        by.setdefault(name, {})
-        if v is None or not math.isfinite(v) or r["history"].get("diverged"):
-            diverged[name] = diverged.get(name, 0) + 1
-        else:
-            by[name][int(r["seed"])] = float(v)
+def inventory(results_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """One row per folder of records (committed ones by default), each loaded whole
+    (:func:`load_whole`): experiment, scale, data set, records, seeds, configs and the
+    training time summed over the runs, in CPU-core (or GPU) minutes."""
+    root = Path(results_dir or COMMITTED)
     rows = []
-    for name, vals in by.items():
-        mean, ci = metrics.mean_ci95(list(vals.values()))
-        base = baselines[name]
-        row = Row(name, len(vals), mean, ci, base, math.nan, diverged.get(name, 0))
-        if base in by:
-            shared = sorted(set(vals) & set(by[base]))
-            diffs = [vals[s] - by[base][s] for s in shared]
-            if diffs:
-                row.diff, row.diff_ci95 = metrics.mean_ci95(diffs)
-                row.mde, row.n_paired = metrics.minimum_detectable_effect(diffs), len(diffs)
-        rows.append(row)
+    for folder in sorted(p for p in root.glob("*/*/*") if p.is_dir()):
+        exp, sc, ds = folder.relative_to(root).parts
+        recs = load_whole(exp, sc, ds, results_dir)
+        if recs:
+            rows.append({"experiment": exp, "scale": sc, "dataset": ds, "records": len(recs),
+                         "seeds": len({r["seed"] for r in recs}), "configs": len({r["config"]["name"] for r in recs}),
+                         "minutes": sum(r["wall_seconds"] for r in recs) / 60})
     return rows
 
 
-def tuned_p(records: Sequence[dict[str, Any]], metric: str = "final_val_acc") -> dict[str, float]:
-    """Each position's drop probability with the best mean ``metric`` (validation accuracy:
-    never the test split) over the records of a tuning experiment (``residual-p``,
-    ``head-p``: configs named ``<position>-p<p>``); ties go to the smaller p."""
-    by: dict[str, dict[float, list[float]]] = {}
-    for r in records:
-        cfg = r["config"]
-        pos = cfg.get("dropout_at") or cfg.get("head_dropout_at")
-        v = r.get(metric)
-        if pos is None or cfg.get("p") is None or v is None or cfg["name"] != f"{pos}-p{cfg['p']:g}":
-            continue  # not a grid config (e.g. chapter 4's noise-matched ones)
-        by.setdefault(pos, {}).setdefault(float(cfg["p"]), []).append(float(v))
-    return {pos: min(ps, key=lambda q: (-sum(ps[q]) / len(ps[q]), q)) for pos, ps in by.items()}
-
-
-def paired_differences(records: Sequence[dict[str, Any]], config: str, baseline: str,
-                       metric: str = METRIC) -> dict[int, float]:
-    """Seed by seed, ``metric`` of ``config`` minus that of ``baseline``, over the seeds both
-    have finished (diverged runs left out); an error names a config without records."""
-    vals: dict[str, dict[int, float]] = {config: {}, baseline: {}}
-    for r in records:
-        name, v = r["config"]["name"], r.get(metric)
-        if name in vals and v is not None and math.isfinite(v) and not r["history"].get("diverged"):
-            vals[name][int(r["seed"])] = float(v)
-    empty = [c for c, v in vals.items() if not v]
-    if empty:
-        raise ValueError(f"no finished records of {', '.join(empty)} to compare")
-    return {s: vals[config][s] - vals[baseline][s] for s in sorted(set(vals[config]) & set(vals[baseline]))}
-
-
-def compare(records: Sequence[dict[str, Any]], config: str, baseline: str, metric: str = METRIC) -> Row:
-    """``config`` against any other config of the same records, paired by seed: a :class:`Row`
-    as :func:`table` gives against the registry's baseline (``diff``, ``diff_ci95``, ``mde``)."""
-    diffs = list(paired_differences(records, config, baseline, metric).values())
-    own = [float(r[metric]) for r in records if r["config"]["name"] == config and r.get(metric) is not None]
-    row = Row(config, len(own), *metrics.mean_ci95(own), baseline, math.nan)
-    if diffs:
-        row.diff, row.diff_ci95 = metrics.mean_ci95(diffs)
-        row.mde, row.n_paired = metrics.minimum_detectable_effect(diffs), len(diffs)
-    return row
-
-
-def best_on_validation(records: Sequence[dict[str, Any]], configs: Sequence[str],
-                       metric: str = "final_val_acc") -> str:
-    """Of ``configs``, the one whose records have the best mean ``metric`` (validation accuracy,
-    never the test split); ties go to the one listed first. Chooses chapter 6's early-dropout
-    epoch count; :func:`tuned_p` does the same for a position's drop probability."""
-    by: dict[str, list[float]] = {c: [] for c in configs}
-    for r in records:
-        name, v = r["config"]["name"], r.get(metric)
-        if name in by and v is not None:
-            by[name].append(float(v))
-    missing = [c for c, v in by.items() if not v]
-    if missing:
-        raise ValueError(f"no {metric} in the records of {', '.join(missing)}")
-    return min(configs, key=lambda c: (-sum(by[c]) / len(by[c]), list(configs).index(c)))
-
-
-def format_table(rows: Sequence[Row], percent: bool = True) -> str:
-    """A plain-text table; accuracy in percent, 'n/a (n=1)' where one seed gives no CI."""
-    k = 100.0 if percent else 1.0
-    lines = [f"{'config':<18} {'n':>3} {'mean':>8} {'95% CI':>13} {'paired diff':>16} {'MDE':>6}  baseline"]
-    for r in rows:
-        ci = f"± {k * r.ci95:.2f}" if math.isfinite(r.ci95) else f"n/a (n={r.n})"
-        if r.config == r.baseline or not r.baseline:
-            diff, mde = "", ""
-        else:
-            diff = (f"{k * r.diff:+.2f}" if math.isfinite(r.diff) else "n/a") + (
-                f" ± {k * r.diff_ci95:.2f}" if math.isfinite(r.diff_ci95) else "")
-            mde = f"{k * r.mde:.2f}" if math.isfinite(r.mde) else ""
-        note = f"  ({r.diverged} diverged)" if r.diverged else ""
-        lines.append(f"{r.config:<18} {r.n:>3} {k * r.mean:>8.2f} {ci:>13} {diff:>16} {mde:>6}  {r.baseline}{note}")
+def inventory_table(results_dir: str | Path | None = None) -> str:
+    """:func:`inventory` as the Markdown table of ``lib/droplab/results/README.md``."""
+    lines = ["| experiment | scale | data set | configs | seeds | records | CPU-core minutes |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| `{r['experiment']}` | {r['scale']} | {r['dataset']} | {r['configs']} | {r['seeds']} | {r['records']} | "
+              f"{r['minutes']:.0f} |" for r in inventory(results_dir)]
     return "\n".join(lines)
-
-
-def table_frame(rows: Sequence[Row], percent: bool = True, quoted: dict[str, str] | None = None):  # noqa: ANN201
-    """The rows of :func:`table` as a pandas DataFrame for the book's HTML tables: mean ± 95 % CI,
-    paired difference ± 95 % CI and the smallest detectable difference, in percent points.
-    ``quoted`` adds a column of text quoted from a paper, by config name."""
-    import pandas as pd
-
-    k = 100.0 if percent else 1.0
-    out = []
-    for r in rows:
-        row = {"config": r.config, "seeds": r.n, "accuracy (%)": metrics.pm(r.mean, r.ci95, k)}
-        is_base = r.config == r.baseline or not r.baseline
-        row["difference (points)"] = "baseline" if is_base else metrics.pm(r.diff, r.diff_ci95, k, signed=True)
-        row["smallest detectable (points)"] = "" if is_base or not math.isfinite(r.mde) else f"{k * r.mde:.2f}"
-        if quoted is not None:
-            row["Kim et al. (quoted)"] = quoted.get(r.config, "")
-        if r.diverged:
-            row["seeds"] = f"{r.n} ({r.diverged} diverged)"
-        out.append(row)
-    return pd.DataFrame(out)
-
-
-def write_csv(rows: Sequence[Row], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["config", "n", "mean", "ci95", "baseline", "diff", "diff_ci95", "mde", "n_paired", "diverged"])
-        for r in rows:
-            w.writerow([r.config, r.n, r.mean, r.ci95, r.baseline, r.diff, r.diff_ci95, r.mde, r.n_paired,
-                        r.diverged])
-    return path

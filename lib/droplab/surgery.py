@@ -22,8 +22,9 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
+from droplab.blocks import HEAD_CONV, HEAD_POSITION_NAMES, check_position, positions_of
 from droplab.dropout import Dropout, Scaling, check_p, check_scaling, is_dropout
-from droplab.models import HEAD_POSITION_NAMES, check_position, make_head
+from droplab.models import make_head
 
 
 def swap_dropout(model: nn.Module, make: Callable[[nn.Module], nn.Module],
@@ -149,11 +150,11 @@ def with_head_dropout(model: nn.Module, at: str | None, p: float = 0.1) -> nn.Mo
     check_p(p)
     head = getattr(model, "head", None)
     if not isinstance(head, nn.Sequential):
-        raise ValueError("model has no nn.Sequential `head`; with_head_dropout needs a droplab network "
+        raise ValueError("model has no nn.Sequential `head`; with_head_dropout needs a droplab network "  # noqa: TRY004
                          "(PreResNet, ResNetV1 or CNN)")
     old = _weight_layers(head)
     has_conv = any(isinstance(m, nn.Conv2d) for m in old)
-    if at in ("H1", "H2", "H3") and not has_conv:
+    if at in positions_of(HEAD_CONV) and not has_conv:
         raise ValueError(f"dropout at {at} needs the head's 1x1 conv, but this model's head has none; "
                          f"build the model with head_conv=True (or choose H4-H7)")
     fc = old[-1]
@@ -195,7 +196,7 @@ def copy_weights(src: nn.Module, dst: nn.Module) -> nn.Module:
     """Give ``dst`` the parameters and buffers of ``src``, tensor by tensor in order; return ``dst``.
 
     For two networks that differ only in layers without weights, i.e. in where dropout
-    sits (``models.build`` of two configs that differ in ``dropout_at``): the
+    sits (``networks.build`` of two configs that differ in ``dropout_at``): the
     state-dict keys then differ (a dropout layer shifts the indices after it) but
     the tensors come in the same order with the same shapes. Anything else is
     refused. ``input_stats`` (the normalization :func:`droplab.train.fit` keeps)

@@ -7,15 +7,16 @@ is sized for Fashion-MNIST on a CPU: 7x7 patches (16 tokens of a 28x28 image),
 a learned position embedding, ``depth`` pre-LN blocks of width ``dim``, a final
 LayerNorm, the mean over the tokens and one linear layer.
 
-Each block is two :class:`droplab.models.ResidualBlock` (``x + branch(x)``), the
-branches ``nn.Sequential`` in execution order like PreResNet's, so
+Each block is two :class:`droplab.blocks.ResidualBlock` (``x + branch(x)``), the
+branches ``nn.Sequential`` in execution order like PreResNet's, filled from the
+layouts "attention" and "mlp" of :mod:`droplab.blocks`, so
 ``print(model.blocks[0])`` shows where dropout sits::
 
     attention branch:  LN -> SelfAttention(qkv, scores -> [Softmax T1] -> @V) -> Linear -> T2
     MLP branch:        LN -> Linear -> GELU -> T3 -> Linear -> T4
 
 and T0 is once, on the embeddings (patches plus positions) before the first
-block. :data:`TRANSFORMER_POSITIONS` says where each is and which P-position of
+block. :data:`~droplab.blocks.TRANSFORMER_POSITIONS` says where each is and which P-position of
 a PreResNet branch it corresponds to; ``dropout_at`` puts ``nn.Dropout(p)`` at
 one of them (in every block for T1-T4). ViT itself uses T0, T2, T3 and T4 with
 one rate and T1 with another (0 for its ImageNet models).
@@ -29,8 +30,8 @@ Choices: mean pooling rather than a class token (Beyer et al. 2022, "Better
 plain ViT baselines", find it as good; it also makes the head GAP -> FC like
 the ResNets'); MLP ratio 2 and head width 16 (``heads = dim // 16``) to train in
 seconds on a CPU; weights truncated-normal with std 0.02, biases 0 (the usual
-ViT init). ``models.build(NetConfig(arch="vit", norm="layer", depth=..., width=...))``
-builds one (:func:`from_config`).
+ViT init). ``networks.build(NetConfig(arch="vit", norm="layer", depth=..., width=...))``
+builds one (:mod:`droplab.networks`).
 """
 
 from __future__ import annotations
@@ -38,17 +39,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from droplab import blocks
+from droplab.blocks import ATTEND, TRANSFORMER_POSITION_NAMES, ResidualBlock, check_position, fill, with_dropout
 from droplab.dropout import check_p
-from droplab.models import NetConfig, ResidualBlock, check_position, with_dropout
 
-TRANSFORMER_POSITIONS: dict[str, str] = {
-    "T0": "on the embeddings (patches plus positions), once, before the first block",
-    "T1": "on the attention probabilities, softmax(QK^T/sqrt(d)), before they weight V",
-    "T2": "on the attention output after its projection, before the residual add (P7's place)",
-    "T3": "inside the MLP, after the activation, before the second linear layer (P6's place)",
-    "T4": "on the MLP output, before the residual add (P7's place)",
-}
-TRANSFORMER_POSITION_NAMES: tuple[str, ...] = tuple(TRANSFORMER_POSITIONS)
+# The table of droplab.blocks that chapter 6 reads from here (the registry reads TRANSFORMER_POSITION_NAMES).
+TRANSFORMER_POSITIONS = blocks.TRANSFORMER_POSITIONS
+_ATTENTION, _MLP = blocks.layout("attention"), blocks.layout("mlp")
 HEAD_DIM = 16  # width of one attention head when ``heads`` is not given
 
 
@@ -79,7 +76,7 @@ class SelfAttention(nn.Module):
             raise ValueError(f"the width {dim} does not split into {heads} heads; choose a width divisible by it")
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
-        self.attend = with_dropout([nn.Softmax(dim=-1), "T1"], at, p)
+        self.attend = with_dropout(fill(ATTEND, nn.Softmax(dim=-1)), at, p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, t, d = x.shape
@@ -100,11 +97,11 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, dim: int, heads: int, mlp_ratio: int = 2, at: str | None = None, p: float = 0.1):
         super().__init__()
-        self.attention = ResidualBlock(with_dropout([
-            nn.LayerNorm(dim), SelfAttention(dim, heads, at, p), nn.Linear(dim, dim), "T2"], at, p))
-        self.mlp = ResidualBlock(with_dropout([
-            nn.LayerNorm(dim), nn.Linear(dim, mlp_ratio * dim), nn.GELU(), "T3",
-            nn.Linear(mlp_ratio * dim, dim), "T4"], at, p))
+        self.attention = ResidualBlock(with_dropout(fill(
+            _ATTENTION.slots, nn.LayerNorm(dim), SelfAttention(dim, heads, at, p), nn.Linear(dim, dim)), at, p))
+        self.mlp = ResidualBlock(with_dropout(fill(
+            _MLP.slots, nn.LayerNorm(dim), nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim)),
+            at, p))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.attention(x))
@@ -121,7 +118,8 @@ class ViT(nn.Module):
     """A pre-LN vision transformer for 28x28 (or 32x32) images, dropout at T0-T4 by name (chapter 6).
 
     ``features`` = patch embedding, [T0], ``depth`` :class:`TransformerBlock`, final LayerNorm;
-    ``head`` = mean over tokens, Linear (``features -> head`` as in the ResNets). ``dropout_at`` (:data:`TRANSFORMER_POSITIONS`) puts
+    ``head`` = mean over tokens, Linear (``features -> head`` as in the ResNets). ``dropout_at`` (T0-T4,
+    :data:`~droplab.blocks.TRANSFORMER_POSITIONS`) puts
     ``nn.Dropout(p)`` there (T1-T4 in every block); ``heads`` defaults to ``dim // 16``.
     """
 
@@ -136,7 +134,8 @@ class ViT(nn.Module):
         heads = heads or max(1, dim // HEAD_DIM)
         self.depth, self.dim, self.heads, self.dropout_at, self.p = depth, dim, heads, dropout_at, p
         self.features = nn.Sequential(
-            with_dropout([PatchEmbedding(in_channels, dim, image_size, patch), "T0"], dropout_at, p),
+            # T0, on the embeddings: the input of the first block's attention branch, once
+            with_dropout([PatchEmbedding(in_channels, dim, image_size, patch), _ATTENTION.block_input], dropout_at, p),
             *[TransformerBlock(dim, heads, mlp_ratio, dropout_at, p) for _ in range(depth)],
             nn.LayerNorm(dim),
         )
@@ -154,16 +153,3 @@ class ViT(nn.Module):
     def blocks(self) -> list[TransformerBlock]:
         """The transformer blocks, in order."""
         return [m for m in self.features if isinstance(m, TransformerBlock)]
-
-
-def from_config(cfg: NetConfig) -> ViT:
-    """The ViT a :class:`droplab.models.NetConfig` with ``arch="vit"`` describes: ``depth`` blocks
-    of width ``width``, ``dropout_at`` T0-T4 with ``p``. A ViT normalizes with LayerNorm, so the
-    config must say ``norm="layer"`` (a record then states it); it has no H1-H7 head and no block type."""
-    if cfg.norm != "layer":
-        raise ValueError(f"a ViT normalizes with LayerNorm: build it with norm='layer' (got norm={cfg.norm!r})")
-    if cfg.head_dropout_at is not None or cfg.head_conv:
-        raise ValueError("a ViT's head is mean pooling and one linear layer: head_dropout_at and head_conv "
-                         "do not apply (put dropout at T0-T4 with dropout_at)")
-    return ViT(cfg.depth, num_classes=cfg.num_classes, in_channels=cfg.in_channels, dim=cfg.width,
-               dropout_at=cfg.dropout_at, p=cfg.p)

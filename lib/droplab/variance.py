@@ -30,8 +30,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from droplab.dropout import (check_p, expected_output_variance, keep_modes, saved_buffers, seeded_masks, set_dropout,
-                             uniform_dropout_variance)
+from droplab.dropout import (
+    check_p,
+    expected_output_variance,
+    keep_modes,
+    saved_buffers,
+    seeded_masks,
+    set_dropout,
+    uniform_dropout_variance,
+)
 
 #: What a variance is taken over: every entry of a sample is a feature, or every channel is
 #: (pooling the batch and all positions, as BatchNorm2d does).
@@ -99,12 +106,12 @@ def inconsistency_ratio(
 # =========================================================================== analytic formulas
 
 
-def dropout_ratio(var_x, mean_x, p):  # noqa: ANN001,ANN201
+def dropout_ratio(var_x, mean_x, p):
     """Delta of dropout alone: Var[x] / (Var[x]/q + (1-q)/q E[x]^2) (Kim et al. Eqs. 3 and 6); < 1 for p > 0."""
     return var_x / expected_output_variance(var_x, mean_x, p)
 
 
-def norm_output_ratio(norm, var_x, mean_x, p):  # noqa: ANN001,ANN201
+def norm_output_ratio(norm, var_x, mean_x, p):
     """Delta at the output of a normalization right after dropout (chapter 6): a BN normalizes
     at inference with the running statistics of training, so its output keeps the input's
     Delta (:func:`dropout_ratio`); GroupNorm and LayerNorm (``norm`` "group", "layer")
@@ -117,36 +124,36 @@ def norm_output_ratio(norm, var_x, mean_x, p):  # noqa: ANN001,ANN201
     return 1.0 + 0.0 * p
 
 
-def relu_gaussian_mean(gamma=1.0):  # noqa: ANN001,ANN201
+def relu_gaussian_mean(gamma=1.0):
     """E[ReLU(z)] = gamma / sqrt(2 pi) for z ~ N(0, gamma^2) (Kim et al. Eq. 12)."""
     return gamma / math.sqrt(2 * math.pi)
 
 
-def relu_gaussian_var(gamma=1.0):  # noqa: ANN001,ANN201
+def relu_gaussian_var(gamma=1.0):
     """Var[ReLU(z)] = (pi - 1) / (2 pi) gamma^2 for z ~ N(0, gamma^2) (Kim et al. Eq. 13)."""
     return (math.pi - 1) / (2 * math.pi) * gamma**2
 
 
-def branch_variance_train(p, gamma=1.0):  # noqa: ANN001,ANN201
+def branch_variance_train(p, gamma=1.0):
     """Var of the residual branch with dropout at P6 and He-init last weight, training:
     (pi/q - 1)/pi gamma^2 (Kim et al. Eqs. 15, 17, 18)."""
     check_p(p)
     return (math.pi / (1.0 - p) - 1) / math.pi * gamma**2
 
 
-def branch_variance_test(gamma=1.0):  # noqa: ANN001,ANN201
+def branch_variance_test(gamma=1.0):
     """Var of the same branch at test time: (pi - 1)/pi gamma^2 (Kim et al. Eq. 19)."""
     return (math.pi - 1) / math.pi * gamma**2
 
 
-def ratio_nonresidual(p):  # noqa: ANN001,ANN201
+def ratio_nonresidual(p):
     """Delta(f(x)) of a non-residual block with dropout at P5/P6: (pi - 1)/(pi/q - 1)
     (Kim et al. Proposition 3, Eqs. 21 and 29). Independent of gamma and of depth."""
     check_p(p)
     return (math.pi - 1) / (math.pi / (1.0 - p) - 1)
 
 
-def ratio_residual(p, var_x0, gamma=1.0):  # noqa: ANN001,ANN201
+def ratio_residual(p, var_x0, gamma=1.0):
     """Delta(x0 + f(x0)) of the first residual block, dropout at P5/P6 (Kim et al. Proposition 3, Eqs. 22-23):
 
         (Var[x0] + (pi-1)/pi gamma^2) / (Var[x0] + (pi/q-1)/pi gamma^2)
@@ -156,7 +163,7 @@ def ratio_residual(p, var_x0, gamma=1.0):  # noqa: ANN001,ANN201
     return ratio_residual_depth(p, var_x0, 1, gamma)
 
 
-def ratio_residual_depth(p, var_x0, depth, gamma=1.0):  # noqa: ANN001,ANN201
+def ratio_residual_depth(p, var_x0, depth, gamma=1.0):
     """Delta(x_l) at the output of the ``depth``-th stacked residual block (dropout at P5/P6).
 
     Branch variances add up along depth (Kim et al. Eq. 25), so after
@@ -180,7 +187,7 @@ def ratio_residual_depth(p, var_x0, depth, gamma=1.0):  # noqa: ANN001,ANN201
     return (var_x0 + (math.pi - 1) / math.pi * s) / (var_x0 + (math.pi / q - 1) / math.pi * s)
 
 
-def variance_at_h4(mu, sigma2, p, S):  # noqa: ANN001,ANN201
+def variance_at_h4(mu, sigma2, p, S):
     """Var[GAP(Dropout_train(x))] (head position H4) for S i.i.d. positions with mean mu, variance sigma2:
 
         sigma2/(q S) + (1-q) mu^2/(q S)
@@ -193,7 +200,7 @@ def variance_at_h4(mu, sigma2, p, S):  # noqa: ANN001,ANN201
     return sigma2 / (q * S) + (1 - q) * mu**2 / (q * S)
 
 
-def variance_at_h5(mu, sigma2, p, S):  # noqa: ANN001,ANN201
+def variance_at_h5(mu, sigma2, p, S):
     """Var[Dropout_train(GAP(x))] (head position H5) for the same features:
 
         sigma2/(q S) + (1-q) mu^2/q
@@ -207,7 +214,7 @@ def variance_at_h5(mu, sigma2, p, S):  # noqa: ANN001,ANN201
     return sigma2 / (q * S) + (1 - q) * mu**2 / q
 
 
-def uniform_dropout_ratio(var_x, mean_x, beta):  # noqa: ANN001,ANN201
+def uniform_dropout_ratio(var_x, mean_x, beta):
     """Delta of Li et al.'s uniform noise ``x (1 + r)``, ``r ~ U(-beta, beta)``, alone:
 
         Var[x] / (Var[x] + beta**2/3 (Var[x] + E[x]**2))
@@ -218,7 +225,7 @@ def uniform_dropout_ratio(var_x, mean_x, beta):  # noqa: ANN001,ANN201
     return var_x / uniform_dropout_variance(var_x, mean_x, beta)
 
 
-def noise_matched_p(p_other, ratio):  # noqa: ANN001,ANN201
+def noise_matched_p(p_other, ratio):
     """The drop probability at which dropout here adds as much noise as dropout at
     ``p_other`` somewhere else, where, at equal p, the other place adds ``ratio`` times
     the noise of this one. Dropout's noise variance is proportional to ``p / q``
