@@ -48,10 +48,10 @@ def output_lines(notebook: Path) -> list[str]:
                 data = o.get("data", {})
                 if "text/html" in data:
                     page = "".join(data["text/html"])
-                    for row in re.findall(r"<tr.*?</tr>", page, flags=re.S):
-                        cells = re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row, flags=re.S)
+                    for row in re.findall(r"<tr.*?</tr>", page, flags=re.DOTALL):
+                        cells = re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row, flags=re.DOTALL)
                         out.append(" | ".join(_text(c) for c in cells))
-                    out += [_text(c) for c in re.findall(r"<caption>(.*?)</caption>", page, flags=re.S)]
+                    out += [_text(c) for c in re.findall(r"<caption>(.*?)</caption>", page, flags=re.DOTALL)]
                 elif "text/plain" in data and "image/png" not in data:
                     out += "".join(data["text/plain"]).splitlines()
     return out
@@ -68,7 +68,7 @@ def lost_lines(before: Path, after: Path) -> tuple[int, list[str]]:
     """How many of BEFORE's lines hold values, and those whose values AFTER does not print again."""
     old = [line for line in output_lines(before) if values(line) and not TIMING.search(line)]
     stream = " " + " ".join(v for line in output_lines(after) for v in values(line)) + " "
-    found = lambda vs: f" {' '.join(vs)} " in stream  # noqa: E731
+    found = lambda vs: f" {' '.join(vs)} " in stream
     lost = [line for line in old if not (found(values(line)) or found(values(LABEL.sub("=", line))))]
     return len(old), lost
 

@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
-# The GPU check of issue 14: one command, run once on a bare GPU machine (one H200, 16 CPU
-# cores, no network, no PyPI), that tests droplab's CUDA path, benchmarks it and runs the
-# paper-scale sweeps behind chapters 3 and 4, inside a fixed wall-clock budget.
+# The GPU check: one command, on any machine with a CUDA GPU, that tests droplab's CUDA path,
+# benchmarks it and runs the paper-scale sweeps behind chapters 3 and 4, inside a fixed
+# wall-clock budget. It installs nothing and downloads nothing, so the machine needs no network.
 #
-#   bash scripts/gpu_check.sh --pack      # here, once: Fashion-MNIST into .gpu_data/ (git-ignored)
-#   bash scripts/gpu_check.sh             # there: the device command, with carry: [".gpu_data"]
+#   bash scripts/gpu_check.sh --pack      # where Fashion-MNIST is: a copy into .gpu_data/ (git-ignored),
+#                                         # for a GPU machine that has neither the data nor a network
+#   bash scripts/gpu_check.sh             # on the GPU machine, in the repository's folder
 #   bash scripts/gpu_check.sh --dry-run   # anywhere: the same steps on the CPU at smoke scale
 #                                         # (also when DROPLAB_SCALE=smoke), in a minute or so
 #
 # Steps, each stamped with the seconds since the start and each under its own `timeout`:
-#   1. environment: the machine's python3 and its preinstalled torch (nothing is installed:
+#   1. environment: the machine's python with its own torch (nothing is installed:
 #      droplab is imported from lib/ through PYTHONPATH, which the sweep's worker processes
 #      inherit); stops with a clear message if torch, CUDA or the data set is missing;
 #   2. nvidia-smi, and `nvidia-smi dmon` in the background while the sweeps run;
 #   3. pytest -m gpu tests/test_gpu.py (bf16 autocast, channels_last, fused SGD, determinism,
 #      torch.compile, divergence, BN recalibration on the device);
 #   4. python -m droplab.bench (fast path vs a plain PyTorch loop, TFLOP/s, one full epoch);
-#   5. the paper-scale sweeps `residual` (none, P0-P7) and then, if time is left, `head`
-#      (none, H1-H7, P6+H4), 3 seeds, several worker processes sharing the GPU. They run one
+#   5. the paper-scale sweeps: first the positive control (`control`: does augmentation or P6
+#      beat no regularizer, on validation?) and the placement study (`placement`: none, P0, P2,
+#      P4, P6, P7, H4, H5 and P6+H4 in the noisy-label regime, its primary contrasts declared),
+#      then, if time is left, `residual` (none, P0-P7) and `head` (none, H1-H7, P6+H4);
+#      3 seeds, several worker processes sharing the GPU. They run one
 #      seed per phase (workers >= configs: every run of a phase starts at once) and a phase
 #      starts only if the longest run so far, with margin, still fits before the deadline;
 #      `--time-limit` stops new runs inside a phase and an outer `timeout` is the hard stop.
@@ -26,7 +30,7 @@
 #   nvidia-smi's output, the log and a step table are packed into $OUT, six files:
 #     gpu_check.log  steps.tsv  nvidia-smi.txt  pytest.log  bench.json  records.tar.gz
 #   records.tar.gz holds <experiment>/<scale>/<dataset>/<config>-seed<k>.json relative to the
-#   results folder: `tar -xzf records.tar.gz -C data/results` puts them where chapters read them.
+#   results folder: `tar -xzf records.tar.gz -C lib/droplab/results` puts them where chapters read them.
 #
 # Settings (environment):
 #   OUT                 where the six files go (default _build/gpu_check)
@@ -62,7 +66,7 @@ export PYTHONPATH="$ROOT/lib${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 
 # ---------------------------------------------------------------------------------------------
-# --pack: here, before the device call
+# --pack: where the data set is, before copying the folder to the GPU machine
 # ---------------------------------------------------------------------------------------------
 if [ "$MODE" = pack ]; then
   src=${FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}
@@ -77,11 +81,11 @@ from droplab import data
 for s in ('train', 'test'):
     print('fashion-mnist', s, tuple(data.load('fashion-mnist', s).images.shape), 'sha256 ok')"
   git check-ignore -q .gpu_data/fashion-mnist/train-images-idx3-ubyte.gz \
-    || die ".gpu_data/ is not git-ignored: add /.gpu_data/ to .gitignore (it must travel by carry only)"
+    || die ".gpu_data/ is not git-ignored: add /.gpu_data/ to .gitignore (a data set is never committed)"
   tree=$( (git ls-files -z -co --exclude-standard; find .gpu_data -type f -print0) | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
-  echo "what travels to the device (working tree + .gpu_data): $(( tree / 1048576 )) MiB of 64 MiB"
-  [ "$tree" -lt $(( 64 * 1048576 )) ] || die "more than 64 MiB would travel; the device call would be refused"
-  echo "now run on the device: bash scripts/gpu_check.sh   (carry: [\".gpu_data\"], timeout_s 540)"
+  echo "the repository's files and .gpu_data/: $(( tree / 1048576 )) MiB to copy to the GPU machine, e.g."
+  echo "  rsync -a --exclude .venv --exclude _build --exclude .git ./ HOST:dropout-where/"
+  echo "then there, in that folder: bash scripts/gpu_check.sh"
   exit 0
 fi
 
@@ -103,6 +107,8 @@ else
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
   CAP_ENV=90; CAP_TESTS=180; CAP_BENCH=150; PACK_RESERVE=20
 fi
+CONTROL_ONLY=long-none,long-augment,long-P6-p0.1,long-P6-p0.3,noisy-none,noisy-augment,noisy-P6-p0.1,noisy-P6-p0.3
+PLACEMENT_ONLY=none,P0,P2,P4,P6,P7,H4,H5,P6+H4
 RESIDUAL_ONLY=none,P0,P1,P2,P3,P4,P5,P6,P7
 HEAD_ONLY=none,H1,H2,H3,H4,H5,H6,H7,P6+H4
 END=$(( start + BUDGET ))
@@ -166,16 +172,16 @@ summary() {
   "$PY" - "$RESULTS" "$start" <<'EOF' || true
 import json, sys, pathlib
 root, since = pathlib.Path(sys.argv[1]), float(sys.argv[2])
-from droplab import records
+from droplab import compare, records
 for folder in sorted({p.parent for p in root.rglob("*.json")}):
     exp, sc, ds = folder.relative_to(root).parts
-    recs = records.load_records(exp, sc, ds, root)
+    recs = records.load_whole(exp, sc, ds, root)
     new = [r for r in recs if (folder / f"{r['config']['name']}-seed{r['seed']}.json").stat().st_mtime >= since]
     secs = [r["train_seconds"] for r in new]
     print(f"{exp} ({sc}, {ds}): {len(recs)} complete records, {len(new)} made now"
           + (f", train {min(secs):.0f}-{max(secs):.0f} s per run" if secs else "")
           + (f", on {new[0]['provenance']['device_name']} ({new[0]['fast_path']['precision']})" if new else ""))
-    print(records.format_table(records.table(recs)))
+    print(compare.text_table(recs))
 EOF
 }
 
@@ -212,7 +218,7 @@ trap pack EXIT
 stamp "gpu_check: $MODE run ($SCALE scale, $DATASET, $DEVICE), budget ${BUDGET}s, $WORKERS sweep workers, $SEEDS seeds"
 echo "repo $ROOT; python $PY; results $RESULTS; out $OUT; data ${DROPLAB_DATA:-the default lookup}"
 [ -f "$ROOT/.gpu_data/SOURCE" ] && sed 's/^/.gpu_data: /' "$ROOT/.gpu_data/SOURCE"
-# the copy on the GPU machine has no .git: records take their commit from the pack step
+# a copy of the folder without .git: records take their commit from the one --pack wrote down
 if [ -z "${DROPLAB_GIT_COMMIT:-}" ] && ! git -C "$ROOT" rev-parse HEAD >/dev/null 2>&1 && [ -f "$ROOT/.gpu_data/SOURCE" ]; then
   DROPLAB_GIT_COMMIT=$(sed -n 's/^commit \([0-9a-f]*\).*/\1/p' "$ROOT/.gpu_data/SOURCE" | head -1)
   [ -n "$DROPLAB_GIT_COMMIT" ] && export DROPLAB_GIT_COMMIT
@@ -224,8 +230,8 @@ mode, dataset, root = sys.argv[1:4]
 try:
     import torch
 except ImportError as exc:
-    sys.exit(f"gpu_check: {sys.executable} cannot import torch ({exc}). On the GPU machine the image's "
-             f"python3 holds PyTorch (KINDS.md: torch 2.11.0+cu130); set GPU_CHECK_PYTHON to the right one.")
+    sys.exit(f"gpu_check: {sys.executable} cannot import torch ({exc}): set GPU_CHECK_PYTHON to a python "
+             f"that has PyTorch with CUDA.")
 print(f"python {platform.python_version()} at {sys.executable}; torch {torch.__version__}, CUDA {torch.version.cuda}, "
       f"cuDNN {torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}")
 if mode == "gpu" and not torch.cuda.is_available():
@@ -238,7 +244,8 @@ if torch.cuda.is_available():
 import importlib.metadata, importlib.util
 missing = [n for n in ("numpy", "torchvision", "tqdm", "matplotlib", "pytest") if importlib.util.find_spec(n) is None]
 if missing:
-    sys.exit(f"gpu_check: missing Python packages {missing}: carry them as wheels (see the device README)")
+    sys.exit(f"gpu_check: missing Python packages {missing}: pip install them (without a network: pip "
+             f"download them elsewhere, copy the wheels over, pip install --no-index --find-links DIR)")
 print(", ".join(f"{n} {importlib.metadata.version(n)}" for n in ("numpy", "torchvision", "tqdm", "matplotlib", "pytest")))
 import droplab
 from droplab import data
@@ -247,7 +254,8 @@ if not droplab.__file__.startswith(os.path.join(root, "lib")):
 print(f"droplab {droplab.__version__} from {os.path.dirname(droplab.__file__)}")
 if dataset != "synthetic" and not data.available(dataset):
     sys.exit(f"gpu_check: {dataset} is not on this machine (searched {[str(r) for r in data.roots()]}). "
-             f"Run `bash scripts/gpu_check.sh --pack` before the device call and carry .gpu_data.")
+             f"Name its folder in DROPLAB_DATA, or run `bash scripts/gpu_check.sh --pack` where it is and "
+             f"copy .gpu_data/ along with the repository.")
 print(f"{dataset}: found and checked")
 EOF
 [ "$LAST_RC" -eq 0 ] || die "the environment is not ready (above); nothing else can run"
@@ -269,12 +277,12 @@ step bench "$CAP_BENCH" - "$PY" -m droplab.bench "${BENCH[@]}" --json "$OUT/benc
 # ---------------------------------------------------------------------------------------------
 if [ "$MODE" = gpu ]; then
   # records committed by an earlier GPU check are reused (a sweep skips complete, current records)
-  for exp in residual head; do
-    old=$ROOT/data/results/$exp/$SCALE/$DATASET
+  for exp in control placement residual head; do
+    old=$ROOT/lib/droplab/results/$exp/$SCALE/$DATASET
     if ls "$old"/*.json >/dev/null 2>&1; then
       mkdir -p "$RESULTS/$exp/$SCALE/$DATASET"
       cp -p "$old"/*.json "$RESULTS/$exp/$SCALE/$DATASET/"
-      echo "reusing $(ls "$old"/*.json | wc -l) committed $exp record(s) from data/results"
+      echo "reusing $(ls "$old"/*.json | wc -l) committed $exp record(s) from lib/droplab/results"
     fi
   done
   if [ "${GPU_CHECK_MPS:-0}" = 1 ]; then
@@ -346,6 +354,8 @@ sweep() {
   done
 }
 
+sweep control "$CONTROL_ONLY"
+sweep placement "$PLACEMENT_ONLY"
 sweep residual "$RESIDUAL_ONLY"
 sweep head "$HEAD_ONLY"
 stamp "sweeps finished"

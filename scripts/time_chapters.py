@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     text = README.read_text()
-    old = dict(re.findall(r"^\| `([^`]+)` \| (.*) \|$", text, flags=re.M))
+    old = dict(re.findall(r"^\| `([^`]+)` \| (.*) \|$", text, flags=re.MULTILINE))
     rows = {}
     for nb in chapters():
         cells = [c.strip() for c in old.get(nb.stem, "– | –").split("|")]
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
                       + [f"| `{stem}` | {t['smoke']} | {t['class']} |" for stem, t in rows.items()])
     block = f"{START}\n{table}\n\nMeasured on: {machine}.\n{END}"
     if START in text and END in text:
-        text = re.sub(re.escape(START) + ".*?" + re.escape(END), block, text, flags=re.S)
+        text = re.sub(re.escape(START) + ".*?" + re.escape(END), block, text, flags=re.DOTALL)
     else:
         text = text.replace(START, block)
     README.write_text(text)
