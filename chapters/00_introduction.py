@@ -62,7 +62,11 @@
 # Where droplab is not installed yet, install it: from the checkout of the book around this notebook
 # (Binder, a clone), else (Colab: the notebook alone) from the repository in DROPLAB_REPOSITORY, the
 # `repository: url` of the book's _config.yml. droplab downloads Fashion-MNIST if it is missing.
-import importlib.util, os, pathlib, subprocess, sys
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
 
 if importlib.util.find_spec("droplab") is None:
     book = next((str(d) for d in pathlib.Path("_").resolve().parents if (d / "lib" / "droplab").is_dir()), None)  # this folder or one above

@@ -33,7 +33,11 @@
 # Where droplab is not installed yet, install it: from the checkout of the book around this notebook
 # (Binder, a clone), else (Colab: the notebook alone) from the repository in DROPLAB_REPOSITORY, the
 # `repository: url` of the book's _config.yml. droplab downloads Fashion-MNIST if it is missing.
-import importlib.util, os, pathlib, subprocess, sys
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
 
 if importlib.util.find_spec("droplab") is None:
     book = next((str(d) for d in pathlib.Path("_").resolve().parents if (d / "lib" / "droplab").is_dir()), None)  # this folder or one above
@@ -42,6 +46,7 @@ if importlib.util.find_spec("droplab") is None:
 
 # %%
 import copy
+import itertools
 import math
 
 import matplotlib.pyplot as plt
@@ -71,7 +76,7 @@ EPOCHS = scale.pick(smoke=12, class_=20, paper=40)
 T_MAX = scale.pick(smoke=100, class_=200, paper=500)  # Monte Carlo passes
 N_ENS = scale.pick(smoke=500, class_=2_000, paper=5_000)  # test images for the MC averages of section 5
 HIDDEN = (256, 256)  # the MLP's hidden widths
-RECIPE = dict(batch_size=64, lr=0.02, augment=False, weight_decay=0.0)  # no other regularizer
+RECIPE = {"batch_size": 64, "lr": 0.02, "augment": False, "weight_decay": 0.0}  # no other regularizer
 
 full_train, full_test = data.load("fashion-mnist", "train"), data.load("fashion-mnist", "test")
 train_set = data.subset(full_train, N_TRAIN, seed=0)
@@ -295,7 +300,7 @@ for p_bug in tqdm(BUG_RATES, desc="forgotten scaling", disable=scale.current() =
     net.eval()
     buggy = train.predict(net, test_set)
     surgery.set_scaling(net, "classic")
-    bug[p_bug] = dict(factor=factor, buggy=buggy, repaired=train.predict(net, test_set))
+    bug[p_bug] = {"factor": factor, "buggy": buggy, "repaired": train.predict(net, test_set)}
 
 metrics.styled(pd.DataFrame([{"p": f"{p_bug:.1f}", "1/q": f"{1 / (1 - p_bug):.3f}",
                               "measured factor": f"{r['factor']:.3f}", "test loss, buggy": f"{loss(r['buggy']):.3f}",
@@ -386,11 +391,11 @@ for mu in MEANS:
         xg = torch.randn(N_ELEM // 100, 100, dtype=torch.float64) + mu
         yg = D.dropout(xg, p_, generator=mask_stream)
         centred = yg - yg.mean()
-        grid.append(dict(mu=mu, p=p_, mean=yg.mean().item(), var=yg.var().item(),
-                         se_var=math.sqrt(((centred**4).mean().item() - yg.var().item() ** 2) / yg.numel()),
-                         formula=D.expected_output_variance(1.0, mu, p_),
-                         delta=variance.inconsistency_ratio(nn.Dropout(p_), xg, seed=int(10 * p_)),
-                         delta_formula=variance.dropout_ratio(1.0, mu, p_)))
+        grid.append({"mu": mu, "p": p_, "mean": yg.mean().item(), "var": yg.var().item(),
+                         "se_var": math.sqrt(((centred**4).mean().item() - yg.var().item() ** 2) / yg.numel()),
+                         "formula": D.expected_output_variance(1.0, mu, p_),
+                         "delta": variance.inconsistency_ratio(nn.Dropout(p_), xg, seed=int(10 * p_)),
+                         "delta_formula": variance.dropout_ratio(1.0, mu, p_)})
 print(f"{len(grid)} points; worst |measured - Eq. 6| / SE = "
       f"{max(abs(r['var'] - r['formula']) / r['se_var'] for r in grid):.2f}")
 
@@ -448,7 +453,7 @@ SEEDS = scale.pick(smoke=2, class_=4, paper=5)
 nets = {p_: (lambda p_=p_: models.MLP(hidden=HIDDEN, p=p_, dropout_at="hidden" if p_ > 0 else None)) for p_ in RATES}
 trained = train.fit_each(nets, train_set, test_set, EPOCHS, range(SEEDS), progress=scale.current() != "smoke",
                          desc="rates x seeds", **RECIPE)
-runs = {key: dict(model=net, history=hist, train_acc=train.evaluate(net, train_set)[1], test_acc=hist.final_test_acc)
+runs = {key: {"model": net, "history": hist, "train_acc": train.evaluate(net, train_set)[1], "test_acc": hist.final_test_acc}
         for key, (net, hist) in trained.items()}
 summary = {p_: {k: metrics.mean_ci95([runs[p_, s][k] for s in range(SEEDS)]) for k in ("train_acc", "test_acc")}
            for p_ in RATES}
@@ -507,7 +512,7 @@ plt.show()
 assert max(gaps[0.5]) < min(gaps[0.0]), gaps
 assert max(runs[0.5, s]["train_acc"] for s in range(SEEDS)) < min(runs[0.0, s]["train_acc"] for s in range(SEEDS))
 trend = [np.mean(gaps[r]) for r in (0.0, 0.2, 0.5, 0.8) if r in RATES]
-assert all(b < a for a, b in zip(trend, trend[1:])), trend
+assert all(b < a for a, b in itertools.pairwise(trend)), trend
 if 0.8 in RATES:
     test_effect = abs(summary[0.5]["test_acc"][0] - summary[0.0]["test_acc"][0])
     assert test_effect < np.mean(gaps[0.0]) - np.mean(gaps[0.5]), (test_effect, gaps)
@@ -659,9 +664,9 @@ entropy = {}
 for name, images in inputs.items():
     xs = train.to_device((images, test_set.labels), dev, stats)[0]
     samples = D.mc_predict(mc_model, xs, T_MC, seed=2)
-    entropy[name] = dict(mc=D.predictive_entropy(samples.mean(0)), mi=D.mutual_information(samples),
-                         det=D.predictive_entropy(F.softmax(train.predict(mc_model, (images, test_set.labels)),
-                                                            -1)))
+    entropy[name] = {"mc": D.predictive_entropy(samples.mean(0)), "mi": D.mutual_information(samples),
+                         "det": D.predictive_entropy(F.softmax(train.predict(mc_model, (images, test_set.labels)),
+                                                            -1))}
 print(f"maximum possible entropy: log 10 = {math.log(10):.3f} nats")
 metrics.styled(pd.DataFrame([{"input": name, "MC entropy": f"{e['mc'].mean():.3f}",
                               "mutual information": f"{e['mi'].mean():.3f}",
@@ -981,9 +986,9 @@ T_SMALL = scale.pick(smoke=10, class_=20, paper=50)
 N_SMALL = scale.pick(smoke=300, class_=1_000, paper=2_000)  # test images, cut in chunks of a few
 BATCHES = (2, 4, 16, 256)
 x_small, y_small = x_test[:N_SMALL], y_test[:N_SMALL]
-by_batch = {bs: dict(
-    trap=correct(D.mc_predict_train_mode(bn_model, x_small, T_SMALL, batch_size=bs, seed=5).mean(0), y_small),
-    right=correct(D.mc_predict(bn_model, x_small, T_SMALL, batch_size=bs, seed=5).mean(0), y_small))
+by_batch = {bs: {
+    "trap": correct(D.mc_predict_train_mode(bn_model, x_small, T_SMALL, batch_size=bs, seed=5).mean(0), y_small),
+    "right": correct(D.mc_predict(bn_model, x_small, T_SMALL, batch_size=bs, seed=5).mean(0), y_small)}
     for bs in BATCHES}
 try:
     D.mc_predict_train_mode(bn_model, x_test[:4], T=1, batch_size=1)

@@ -42,7 +42,11 @@
 # Where droplab is not installed yet, install it: from the checkout of the book around this notebook
 # (Binder, a clone), else (Colab: the notebook alone) from the repository in DROPLAB_REPOSITORY, the
 # `repository: url` of the book's _config.yml. droplab downloads Fashion-MNIST if it is missing.
-import importlib.util, os, pathlib, subprocess, sys
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
 
 if importlib.util.find_spec("droplab") is None:
     book = next((str(d) for d in pathlib.Path("_").resolve().parents if (d / "lib" / "droplab").is_dir()), None)  # this folder or one above
@@ -335,7 +339,7 @@ shifts = {key: probes.bn_variance_shift(net, x_test) for key, net in nets.items(
 ratio = {key: np.array([s.ratio for s in layers]) for key, layers in shifts.items()}
 eq6_alone = {key: np.array([variance.dropout_ratio(s.input_var, s.input_mean, p).mean().item() for s in layers])
              for key, layers in shifts.items()}
-by_seed = lambda table, name: np.array([table[name, s] for s in seeds])  # noqa: E731  (seeds x layers)
+by_seed = lambda table, name: np.array([table[name, s] for s in seeds])  # seeds x layers
 depth = np.arange(1, len(shifts[next(iter(shifts))]) + 1)
 metrics.styled(pd.DataFrame([{"network": name, **{f"BN{d}": f"{r:.3f}" for d, r in zip(depth, by_seed(ratio, name).mean(0))}}
                              for name in placements]),
@@ -570,7 +574,7 @@ metrics.styled(pd.DataFrame([{"p": f"{p_drop:g}", "dropout Δ": f"{matched[p_dro
 # %%
 fig, ax = plots.figure("Uniform noise: Δ is set by the noise variance alone",
                        "noise variance (β²/3 for uniform noise, p/q for dropout)", "inconsistency ratio Δ")
-noise_var = lambda b: b**2 / 3  # noqa: E731
+noise_var = lambda b: b**2 / 3
 plots.measured_vs_analytic(ax, [noise_var(b) for b in betas], [uout[b][0] for b in betas],
                            lambda v: variance.uniform_dropout_ratio(1.0, 1.0, np.sqrt(3 * v)),
                            label="uniform noise, E[x] = 1, Var[x] = 1",

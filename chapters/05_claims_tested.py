@@ -91,7 +91,11 @@
 # Where droplab is not installed yet, install it: from the checkout of the book around this notebook
 # (Binder, a clone), else (Colab: the notebook alone) from the repository in DROPLAB_REPOSITORY, the
 # `repository: url` of the book's _config.yml. droplab downloads Fashion-MNIST if it is missing.
-import importlib.util, os, pathlib, subprocess, sys
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
 
 if importlib.util.find_spec("droplab") is None:
     book = next((str(d) for d in pathlib.Path("_").resolve().parents if (d / "lib" / "droplab").is_dir()), None)  # this folder or one above
@@ -116,7 +120,7 @@ from droplab import dropout as D
 try:
     from myst_nb import glue  # records the verdicts for the table at the top of the book page
 except ImportError:  # without myst-nb nothing is recorded; the last cells show the table instead
-    glue = lambda name, value, display=False: None  # noqa: E731
+    glue = lambda name, value, display=False: None
 
 # The networks are tiny: one thread avoids the cost of thread oversubscription
 # on a busy or shared machine (raise it on an idle many-core one if that helps).
@@ -139,8 +143,8 @@ CNN_EPOCHS = scale.pick(smoke=2, class_=6, paper=20)
 MLP_EPOCHS = scale.pick(smoke=3, class_=15, paper=30)
 P, P_HIGH, P_MLP = 0.3, 0.6, 0.5  # drop probabilities: CNN, CNN high rate, MLP
 # No augmentation: every run can overfit, so that a regularizer has something to do.
-CNN_RECIPE = dict(batch_size=32, lr=0.2, augment=False)
-MLP_RECIPE = dict(batch_size=32, lr=0.05, augment=False, weight_decay=0.0)
+CNN_RECIPE = {"batch_size": 32, "lr": 0.2, "augment": False}
+MLP_RECIPE = {"batch_size": 32, "lr": 0.05, "augment": False, "weight_decay": 0.0}
 
 full_train, full_test = data.load("fashion-mnist", "train"), data.load("fashion-mnist", "test")
 train_set = data.subset(full_train, N_TRAIN, seed=0)
@@ -268,7 +272,7 @@ cnn_train_acc = {name: [cnn_runs[name, s][1].train_acc[-1] for s in SEEDS] for n
 metrics.styled(pd.DataFrame([{"CNN, dropout at": name, "test accuracy (%)": metrics.pm(*metrics.mean_ci95(cnn_acc[name])),
                               "train accuracy (%)": metrics.pm(*metrics.mean_ci95(cnn_train_acc[name]))}
                              for name in CNN_CONFIGS]),
-               f"The shared CNN trainings (mean ± 95 % CI over the seeds)")
+               "The shared CNN trainings (mean ± 95 % CI over the seeds)")
 
 # %% [markdown]
 # The second shared set is a plain multilayer perceptron without BN
@@ -291,7 +295,7 @@ mlp_train_acc = {name: [mlp_runs[name, s][1].train_acc[-1] for s in SEEDS] for n
 metrics.styled(pd.DataFrame([{"MLP, dropout at": name, "test accuracy (%)": metrics.pm(*metrics.mean_ci95(mlp_acc[name])),
                               "train accuracy (%)": metrics.pm(*metrics.mean_ci95(mlp_train_acc[name]))}
                              for name in MLP_CONFIGS]),
-               f"The shared MLP trainings (mean ± 95 % CI over the seeds)")
+               "The shared MLP trainings (mean ± 95 % CI over the seeds)")
 
 # %% [markdown]
 # (ch5-claim-2)=
@@ -425,7 +429,7 @@ print(f"after BN - none: {metrics.pm(*d3_after, signed=True)} points;  "
 metrics.styled(pd.DataFrame([{"dropout at": name, "test accuracy (%)": metrics.pm(*metrics.mean_ci95(cnn_acc[name])),
                               "after recalibrating BN (%)": metrics.pm(*metrics.mean_ci95(recal_acc[name]))}
                              for name in recal_acc]),
-               f"Accuracy as trained and with BN recalibrated (mean ± 95 % CI over the seeds)")
+               "Accuracy as trained and with BN recalibrated (mean ± 95 % CI over the seeds)")
 
 # %%
 with plots.style():
@@ -506,7 +510,7 @@ N_PRE = scale.pick(smoke=400, class_=2500, paper=30000)  # pre-training images
 N_FINETUNE = scale.pick(smoke=100, class_=250, paper=1000)  # the small training set of the new task
 PRE_EPOCHS = scale.pick(smoke=2, class_=6, paper=20)
 FT_EPOCHS = scale.pick(smoke=2, class_=8, paper=20)
-FT_RECIPE = dict(batch_size=32, lr=0.05, augment=False)
+FT_RECIPE = {"batch_size": 32, "lr": 0.05, "augment": False}
 
 pre_train = data.subset(data.class_split(full_train, PRE_CLASSES), N_PRE, seed=0)
 pre_test = data.subset(data.class_split(full_test, PRE_CLASSES), N_TEST, seed=1)
@@ -521,7 +525,7 @@ print(f"pre-trained on {len(pre_train.labels)} images of classes {PRE_CLASSES}: 
 new_pool = data.class_split(full_train, NEW_CLASSES)
 new_test = train.to_device(data.subset(data.class_split(full_test, NEW_CLASSES), N_TEST, seed=1), dev,
                            pretrained.input_stats)  # normalized with the pre-training statistics
-fresh = lambda: surgery.replace_classifier(copy.deepcopy(pretrained), len(NEW_CLASSES))  # noqa: E731
+fresh = lambda: surgery.replace_classifier(copy.deepcopy(pretrained), len(NEW_CLASSES))
 FT_CONFIGS = {
     "none": fresh,
     "early": lambda: surgery.insert_dropout(fresh(), nn.ReLU, P, index=0),
@@ -621,7 +625,7 @@ print(f"interaction (FC - conv): {metrics.pm(*d5, signed=True)} points")
 metrics.styled(pd.DataFrame([{"dropout on": site, **{f"p = {r}": metrics.pm(*metrics.mean_ci95(cnn_acc[c]))
                                                     for r, c in cfgs.items()}, "best": f"p = {best_rate[site]}"}
                              for site, cfgs in rate_configs.items()]),
-               f"Test accuracy (%) by rate and layer type (mean ± 95 % CI over the seeds)")
+               "Test accuracy (%) by rate and layer type (mean ± 95 % CI over the seeds)")
 
 # %%
 p_equivalent = variance.noise_matched_p(0.5, noise_ratio)  # FC dropout at the usual p = 0.5; noise_ratio = b / a (claim 2)
@@ -726,8 +730,8 @@ for label, runs, acc, name in (("MLP (every layer)", mlp_runs, mlp_acc, "every l
                   "difference (epochs)": metrics.pm(*d7[label], scale=1, signed=True),
                   "seconds per epoch, dropout": f"{np.mean(secs[name]):.2f}",
                   "seconds per epoch, none": f"{np.mean(secs['none']):.2f}"})
-metrics.styled(pd.DataFrame(rows7), f"Epochs to 95 % of the final accuracy without dropout "
-                                    f"(mean over the seeds; difference: mean ± 95 % CI)")
+metrics.styled(pd.DataFrame(rows7), "Epochs to 95 % of the final accuracy without dropout "
+                                    "(mean over the seeds; difference: mean ± 95 % CI)")
 
 # %%
 with plots.style():

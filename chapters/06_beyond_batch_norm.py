@@ -49,7 +49,11 @@
 # Where droplab is not installed yet, install it: from the checkout of the book around this notebook
 # (Binder, a clone), else (Colab: the notebook alone) from the repository in DROPLAB_REPOSITORY, the
 # `repository: url` of the book's _config.yml. droplab downloads Fashion-MNIST if it is missing.
-import importlib.util, os, pathlib, subprocess, sys
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
 
 if importlib.util.find_spec("droplab") is None:
     book = next((str(d) for d in pathlib.Path("_").resolve().parents if (d / "lib" / "droplab").is_dir()), None)  # this folder or one above
@@ -62,9 +66,22 @@ import numpy as np
 import pandas as pd
 import torch
 
-from droplab import experiments, inconsistency, metrics, models, plots, probes, records, repro, scale, surgery, sweep, train
+from droplab import (
+    experiments,
+    inconsistency,
+    metrics,
+    models,
+    plots,
+    probes,
+    records,
+    repro,
+    scale,
+    surgery,
+    sweep,
+    train,
+)
 from droplab import variance as V
-from droplab.transformer import TRANSFORMER_POSITIONS, TRANSFORMER_POSITION_NAMES
+from droplab.transformer import TRANSFORMER_POSITION_NAMES, TRANSFORMER_POSITIONS
 
 print(repro.banner())
 
@@ -513,7 +530,7 @@ assert metrics.resolved_sign(p0_row.diff, p0_row.diff_ci95) == -1
 # $q = 0.5$:
 
 # %%
-kw_stack = dict(depth=DEPTH_STACK, p=0.5, batch=scale.pick(smoke=20_000, class_=50_000, paper=100_000), seed=8)
+kw_stack = {"depth": DEPTH_STACK, "p": 0.5, "batch": scale.pick(smoke=20_000, class_=50_000, paper=100_000), "seed": 8}
 stack = {pos: inconsistency.shift_at_next_bn(position=pos, **kw_stack) for pos in ("P6", "P7", "P7path")}
 eq31 = [V.ratio_residual_depth(0.5, 1.0, l) for l in range(1, DEPTH_STACK + 1)]
 metrics.styled(pd.DataFrame({"block": range(1, DEPTH_STACK + 1), "Eq. 31": [f"{v:.4f}" for v in eq31],
@@ -625,8 +642,8 @@ assert len(experiments.build_model("residual-p", "P7path-p0.05", "class").blocks
 #
 # {cite:t}`liu2023dropout` turn dropout on for the first epochs of training
 # only, and report that this *early dropout* helps models that
-# **underfit**; quoted: ViT-T on ImageNet from 73.9 % to 74.3 % top-1, as
-# the issue that asked for this section cites them (for models that
+# **underfit**; quoted from {cite:t}`liu2023dropout`: ViT-T on ImageNet
+# from 73.9 % to 74.3 % top-1 (for models that
 # overfit they propose the reverse, dropout switched on late). In their
 # account dropout makes the early mini-batch gradients agree better with
 # the gradient of the whole training set, and one consequence they report
@@ -776,8 +793,8 @@ VERDICT_ROWS = [
      early_cmp[("underfitting", "early − none")].paired, +1),
     ("4. underfitting: early dropout ends with a lower training loss", "Liu et al. 2023",
      early_cmp[("underfitting", "training loss, early − none")].paired, -1),
-    ("4. overfitting: early dropout helps here too (early − none)", "the book's question (Liu et al. "
-     "propose late dropout here)", early_cmp[("overfitting", "early − none")].paired, +1),
+    ("4. overfitting: early dropout helps here too (early − none)", ("the book's question (Liu et al. "
+     "propose late dropout here)"), early_cmp[("overfitting", "early − none")].paired, +1),
 ]
 verdicts6 = {claim: metrics.verdict(m, c, sign, mde, unit=" (loss)" if "loss" in claim else " points",
                                     scale=1 if "loss" in claim else 100)
