@@ -24,10 +24,10 @@
 # convolutional feature maps need a different kind of dropout, and the
 # mistakes that quietly break it.
 #
-# Notation, as in the introduction: in code `p` is the probability of
-# **dropping** a unit (PyTorch's convention) and $q = 1 - p$ the probability
-# of keeping it. {cite:t}`kim2023dropout` write $p$ for the keep probability;
-# every formula of theirs below is rewritten with $q$.
+# A reminder of the book's {ref}`notation`: `p` is the probability of
+# **dropping** a unit and $q = 1 - p$ of keeping it; every formula of
+# {cite:t}`kim2023dropout`, who write $p$ for the keep probability, is
+# rewritten with $q$.
 
 # %% tags=["hide-input"]
 # Where droplab is not installed yet, install it: from the checkout of the book around this notebook
@@ -96,7 +96,7 @@ print(f"{len(train_set.labels)} training and {len(test_set.labels)} test images 
 # pass. The picture shows two passes of PyTorch's `nn.Dropout(p=0.3)` over a
 # batch of eight samples with 32 units each; a dark cell is a dropped unit.
 
-# %%
+# %% mystnb={"image": {"alt": "Two black-and-white grids side by side, one per forward pass of nn.Dropout with p = 0.3 over 8 samples (rows) and 32 units (columns); dark cells are dropped units, scattered independently and differently in the two passes."}}
 p = 0.3
 q = 1 - p
 repro.seed_everything(0)
@@ -131,11 +131,8 @@ print(f"agreement between two passes:            {agree_passes:.4f}")
 print(f"agreement between neighbouring samples:  {agree_samples:.4f}")
 print(f"independent coins predict p^2 + q^2 =    {expected_agreement:.4f}")
 
-# %% [markdown]
-# Check: both agreements equal $p^2+q^2$ within five standard errors of a
-# proportion over this many cells (a shared mask would give agreement 1).
-
-# %%
+# %% tags=["hide-cell"]
+# Check: both agreements are p^2 + q^2 (a shared mask would give 1).
 se_agree = math.sqrt(expected_agreement * (1 - expected_agreement) / big.numel())
 assert abs(agree_passes - expected_agreement) < 5 * se_agree, (agree_passes, expected_agreement)
 assert abs(agree_samples - expected_agreement) < 5 * se_agree, (agree_samples, expected_agreement)
@@ -163,17 +160,18 @@ eq6 = D.expected_output_variance(1.0, 1.0, p)  # Kim et al. Eq. 6 with Var[x] = 
 metrics.styled(pd.DataFrame([{"": name, "dropped": f"{(y == 0).double().mean().item():.4f}",
                               "mean": f"{y.mean().item():.4f}", "variance": f"{y.var().item():.4f}"}
                              for name, y in (("droplab", ours), ("nn.Dropout", theirs))]
-                            + [{"": "expected (p, E[x], Eq. 6)", "dropped": f"{p:.4f}", "mean": f"{1.0:.4f}",
+                            + [{"": "expected (p, E[x], Kim et al.'s Eq. 6)", "dropped": f"{p:.4f}", "mean": f"{1.0:.4f}",
                                 "variance": f"{eq6:.4f}"}]),
                f"droplab's dropout beside nn.Dropout (p = {p}, E[x] = Var[x] = 1)")
 
 # %% [markdown]
-# Check: both implementations drop a fraction $p$, keep the mean and have
-# the variance of Eq. 6 (derived in section 3), each within five standard
-# errors for this sample size; the kept units are exactly $x/q$; and in
-# evaluation mode both are the identity, bit for bit.
+# Both implementations drop a fraction $p$, keep the mean and have the
+# variance of Eq. {eq}`eq-dropout-variance` (derived in section 3); the kept
+# units are exactly $x/q$; in evaluation mode both are the identity, bit for
+# bit.
 
-# %%
+# %% tags=["hide-cell"]
+# Check: rate, mean and variance within five standard errors; kept units x/q; eval is the identity.
 n = x.numel()
 for y in (ours, theirs):
     se_var = math.sqrt((((y - y.mean()) ** 4).mean().item() - y.var().item() ** 2) / n)
@@ -244,12 +242,12 @@ metrics.styled(pd.DataFrame([{"rule": name, "mean in training": f"{train_out.mea
                f"Four scaling rules (p = {p2}, q = {q2}, E[x] = {x.mean().item():.4f})")
 
 # %% [markdown]
-# Check: the two correct rules keep the expected activation (ratio 1); the
+# The two correct rules keep the expected activation (ratio 1); the
 # forgotten scaling inflates inference by $1/q$; and scaling by the rate
-# shrinks it by $p/q$, a factor of four at $p = 0.2$. Tolerance: five
-# standard errors of the training mean, relative.
+# shrinks it by $p/q$, a factor of four at $p = 0.2$.
 
-# %%
+# %% tags=["hide-cell"]
+# Check: the four ratios are 1, 1, 1/q and p/q (five standard errors of the mean).
 rel_se = 5 * math.sqrt(D.expected_output_variance(1.0, 1.0, p2) / n) / x.mean().item()
 assert abs(ratios["inverted"] - 1) < rel_se and abs(ratios["classic"] - 1) < rel_se
 assert abs(ratios["forgotten"] - 1 / q2) < rel_se / q2
@@ -267,7 +265,8 @@ kept = train_out != 0
 print(f"training: kept units / input = {(train_out[kept] / x[kept]).mean().item():.6f}  (1/q = {1 / q2:.6f})")
 print(f"evaluation: output identical to input: {torch.equal(nn.Dropout(p2).eval()(x), x)}")
 
-# %%
+# %% tags=["hide-cell"]
+# Check: kept units are exactly x/q in training; eval mode is the identity.
 assert torch.allclose(train_out[kept] / x[kept], torch.full_like(x[kept], 1 / q2))
 assert torch.equal(nn.Dropout(p2).eval()(x), x)
 
@@ -330,18 +329,11 @@ metrics.styled(pd.DataFrame([{"p": f"{p_bug:.1f}", "extra test loss": f"{extra_l
 # the logits grow and the network turns overconfident: the test loss
 # (cross-entropy) of the buggy network is above the repaired one, by a
 # margin that grows with $p$. At large $p$ the factor $1/q$ compounds over
-# the two dropout layers and the accuracy falls too.
-#
-# Check: the measured factor is $1/q$ within 3% (a ratio of two means over
-# the test batch); at $p = 0.5$ the buggy loss is higher than the repaired
-# loss by more than five standard errors of the paired, per-image
-# difference. At class and paper scale, where all three rates are trained
-# (smoke scale trains only $p = 0.5$): the same holds at every rate and the
-# extra loss grows with $p$; at $p = 0.2$ the accuracy moves by less than a
-# point (or three standard errors); at $p = 0.8$ it drops by more than five
-# standard errors.
+# the two dropout layers and the accuracy falls too (checked at class
+# scale, where all three rates are trained).
 
-# %%
+# %% tags=["hide-cell"]
+# Check: factor 1/q within 3%; extra loss > 5 SE, growing with p; accuracy lost at p = 0.8 only.
 for p_bug, r in bug.items():
     assert abs(r["factor"] * (1 - p_bug) - 1) < 0.03, (p_bug, r["factor"])
 assert extra_loss[0.5][0] > 5 * extra_loss[0.5][1]
@@ -359,21 +351,27 @@ else:
 # Inverted dropout computes $y = m\,x/q$ with $m \sim \mathrm{Bernoulli}(q)$
 # independent of $x$. Since $\mathrm{E}[m] = \mathrm{E}[m^2] = q$,
 #
-# $$\mathrm{E}[y] = \frac{\mathrm{E}[m]}{q}\,\mathrm{E}[x] = \mathrm{E}[x],
+# $$
+# \mathrm{E}[y] = \frac{\mathrm{E}[m]}{q}\,\mathrm{E}[x] = \mathrm{E}[x],
 # \qquad
 # \mathrm{Var}[y] = \frac{\mathrm{E}[m^2]}{q^2}\,\mathrm{E}[x^2] - \mathrm{E}[x]^2
-# = \frac{1}{q}\,\mathrm{Var}[x] + \frac{1-q}{q}\,\mathrm{E}[x]^2 .$$
+# = \frac{1}{q}\,\mathrm{Var}[x] + \frac{1-q}{q}\,\mathrm{E}[x]^2 .
+# $$ (eq-dropout-variance)
 #
-# The right-hand formula is Eq. 6 of {cite:t}`kim2023dropout`, following
-# {cite:t}`li2019understanding`, with their keep probability $p$ written as
-# $q$ here. At inference dropout is the identity, so the variance is
+# The right-hand formula of Eq. {eq}`eq-dropout-variance` is Kim et al.'s
+# Eq. 6 {cite:p}`kim2023dropout`, following {cite:t}`li2019understanding`,
+# with their keep probability $p$ written as $q$ here. At inference dropout is the identity, so the variance is
 # $\mathrm{Var}[x]$: the two phases agree on the mean and disagree on the
 # variance. The ratio of the two is the *inconsistency ratio* of Kim et al.
 # ({prf:ref}`def-delta`, chapter 2),
 #
-# $$\Delta = \frac{\mathrm{Var}[y_\text{test}]}{\mathrm{Var}[y_\text{train}]}
+# $$
+# \Delta = \frac{\mathrm{Var}[y_\text{test}]}{\mathrm{Var}[y_\text{train}]}
 # = \frac{\mathrm{Var}[x]}{\mathrm{Var}[x]/q + (1-q)\,\mathrm{E}[x]^2/q} < 1
-# \quad\text{for } q < 1 .$$
+# \quad\text{for } q < 1 .
+# $$ (eq-dropout-ratio)
+#
+# (Kim et al.'s Eqs. 3 and 6 together.)
 #
 # We measure both sides over a grid of keep probabilities and input means,
 # with $\mathrm{Var}[x] = 1$, drawing `N_ELEM` values per point; $\Delta$ is
@@ -396,13 +394,13 @@ for mu in MEANS:
                          "formula": D.expected_output_variance(1.0, mu, p_),
                          "delta": variance.inconsistency_ratio(nn.Dropout(p_), xg, seed=int(10 * p_)),
                          "delta_formula": variance.dropout_ratio(1.0, mu, p_)})
-print(f"{len(grid)} points; worst |measured - Eq. 6| / SE = "
+print(f"{len(grid)} points; worst |measured variance - formula| / SE = "
       f"{max(abs(r['var'] - r['formula']) / r['se_var'] for r in grid):.2f}")
 
-# %%
+# %% mystnb={"image": {"alt": "Two panels against the keep probability q: left, the training-mode variance of dropout's output on a log scale, right, the inconsistency ratio Delta; one series per input mean E[x] = 0, 1, 2, measured markers on the analytic curves of Kim et al.'s Eq. 6; the variance grows and Delta falls below 1 as q falls and as E[x] grows."}}
 with plots.style():
     fig, (ax_var, ax_delta) = plt.subplots(1, 2, figsize=(11, 4.2))
-    plots.figure("Training variance follows Eq. 6", "keep probability q = 1 − p",
+    plots.figure("Training variance follows Kim et al.'s Eq. 6", "keep probability q = 1 − p",
                  "Var[dropout(x)] in training", ax=ax_var, yscale="log")
     plots.figure("Δ < 1 for every q < 1, lower for larger E[x]", "keep probability q = 1 − p",
                  "inconsistency ratio Δ = Var_test / Var_train", ax=ax_delta)
@@ -417,14 +415,8 @@ with plots.style():
     fig.tight_layout()
 plt.show()
 
-# %% [markdown]
-# Check: at every grid point the mean is $\mathrm{E}[x]$ and the variance
-# matches Eq. 6, each within five standard errors for `N_ELEM` draws (the
-# standard error of a sample variance uses the measured fourth moment); the
-# measured $\Delta$ matches its formula within five relative standard errors
-# of the training variance, and is below 1 everywhere.
-
-# %%
+# %% tags=["hide-cell"]
+# Check: mean, variance and Δ match their formulas (five standard errors); Δ < 1 everywhere.
 for r in grid:
     assert abs(r["mean"] - r["mu"]) < 5 * math.sqrt(r["formula"] / N_ELEM), r
     assert abs(r["var"] - r["formula"]) < 5 * r["se_var"], r
@@ -470,7 +462,7 @@ metrics.styled(pd.DataFrame([{"p": f"{p_:.1f}",
 # therefore understates what the full network does on the same images (the
 # end-of-training numbers in the table are in evaluation mode).
 
-# %%
+# %% mystnb={"image": {"alt": "Accuracy against epoch for the MLP at each drop rate: dashed lines are the training accuracy logged with dropout on, solid lines the test accuracy; higher rates fit the training set more slowly."}}
 with plots.style():
     fig, ax = plots.figure("Dropout slows the fit to the training set", "epoch", "accuracy")
     epochs_axis = np.arange(1, EPOCHS + 1)
@@ -484,7 +476,7 @@ with plots.style():
     ax.legend(ncol=2, fontsize=8)
 plt.show()
 
-# %%
+# %% mystnb={"image": {"alt": "Bar chart of the generalization gap (train minus test accuracy, in points) against the drop rate p, with 95 percent confidence intervals over seeds; the gap shrinks as p grows."}}
 with plots.style():
     fig, ax = plots.figure("Dropout shrinks the gap between train and test accuracy", "drop probability p",
                            "train − test accuracy (points)")
@@ -494,21 +486,19 @@ plt.show()
 
 # %% [markdown]
 # Dropout slows the fit to the training set and shrinks the gap, more so
-# at higher rates. Check: at $p = 0.5$ the eval-mode training accuracy and
-# the gap of *every* seed are below those of every seed without dropout
-# (with a handful of seeds, a comparison that does not lean on a confidence
-# interval), and the mean gap falls from each of the rates 0, 0.2, 0.5, 0.8
-# in the sweep to the next.
+# at higher rates: at $p = 0.5$ the training accuracy and the gap of
+# *every* seed are below those of every seed without dropout.
 #
 # The effect on test accuracy is much smaller than the effect on the gap
 # and comparable to the spread between seeds: the table shows it as
 # mean ± 95% CI over seeds, and whether the intervals separate depends on
 # the scale (with the two seeds of smoke scale they cannot). A high rate
 # costs accuracy outright: at $p = 0.8$ the network no longer fits the
-# training set in this budget. Both are checked at class scale, where
-# $p = 0.8$ is in the sweep and there are enough seeds.
+# training set in this budget (checked at class scale, where $p = 0.8$ is
+# in the sweep).
 
-# %%
+# %% tags=["hide-cell"]
+# Check: p = 0.5 beats p = 0 on the gap in every seed; the mean gap falls with p.
 assert max(gaps[0.5]) < min(gaps[0.0]), gaps
 assert max(runs[0.5, s]["train_acc"] for s in range(SEEDS)) < min(runs[0.0, s]["train_acc"] for s in range(SEEDS))
 trend = [np.mean(gaps[r]) for r in (0.0, 0.2, 0.5, 0.8) if r in RATES]
@@ -564,7 +554,7 @@ metrics.styled(pd.DataFrame([{"dropout": name,
                              for name in ens]),
                "Mean |MC average of T passes − weight scaling| of the logits, beside the sampling noise alone")
 
-# %%
+# %% mystnb={"image": {"alt": "Log-log plot of the mean absolute difference between MC-averaged logits and eval-mode logits against the number of MC passes T, for dropout before the output layer only and for dropout in every hidden layer, each beside its noise-only curve c over root T; the first follows its curve, the second levels off above it."}}
 with plots.style():
     fig, ax = plots.figure("MC averages reach weight scaling only where the rule is exact",
                            "MC passes T", "mean |MC-averaged logit − eval-mode logit|",
@@ -578,11 +568,10 @@ plt.show()
 # With one dropout before the output layer the error follows the noise-only
 # curve all the way down. With dropout in every hidden layer it leaves the
 # curve and levels off: the weight-scaled network is not the average of the
-# sub-networks, only close to it. Check: for the single dropout, the error
-# is within 15% of the noise-only curve at every $T$; for dropout in every
-# layer, at the largest $T$ it is more than 25% above it.
+# sub-networks, only close to it.
 
-# %%
+# %% tags=["hide-cell"]
+# Check: single dropout within 15% of the noise curve; every-layer dropout > 25% above it at the largest T.
 name_exact, name_approx = "before the output layer only", "every hidden layer"
 for t, g in zip(T_GRID, gap_T[name_exact]):
     assert abs(g / (noise_only[name_exact] / math.sqrt(t)) - 1) < 0.15, (t, g)
@@ -615,20 +604,18 @@ metrics.styled(pd.DataFrame(
 # %% [markdown]
 # A single sampled sub-network is less accurate than the full network; the
 # average of many agrees with weight scaling on almost every image, and the
-# two accuracies are close. Check: with $T$ at its maximum the MC average
-# and weight scaling agree on at least 95% of the test images, and their
-# accuracies differ by less than three standard errors of the paired
-# difference or one point. That the full network beats the average
-# sub-network by more than five standard errors of the paired, per-image
-# difference is checked at class scale; the briefly trained networks of
-# smoke scale are too close for that many standard errors.
+# two accuracies are close. That the full network beats the average
+# sub-network by more than five standard errors is checked at class scale.
 
 # %%
 agree_max = (probs_approx.mean(0).argmax(1) == ws_logits[name_approx].argmax(1)).float().mean().item()
 print(f"accuracy MC − weight scaling: {100 * acc_diff[0]:+.2f} points (SE {100 * acc_diff[1]:.2f})")
+print(f"full network − one sub-network: {100 * single_cost[0]:+.2f} points (SE {100 * single_cost[1]:.2f})")
+
+# %% tags=["hide-cell"]
+# Check: MC and weight scaling agree on 95% of images, accuracies within 3 SE or a point.
 assert agree_max >= 0.95, agree_max
 assert abs(acc_diff[0]) < max(3 * acc_diff[1], 0.01), acc_diff
-print(f"full network − one sub-network: {100 * single_cost[0]:+.2f} points (SE {100 * single_cost[1]:.2f})")
 if scale.current() != "smoke":  # at smoke scale the gap is a couple of standard errors only
     assert single_cost[0] > 5 * single_cost[1], single_cost
 
@@ -675,7 +662,7 @@ metrics.styled(pd.DataFrame([{"input": name, "MC entropy": f"{e['mc'].mean():.3f
                              for name, e in entropy.items()]),
                f"Mean entropies (nats) of the p = 0.5 MLP, T = {T_MC}; AUROC: P(input's MC entropy > a test image's)")
 
-# %%
+# %% mystnb={"image": {"alt": "Histograms of the predictive entropy of the MC average for the test images, uniform noise, inverted images and images rotated by 90 degrees, with a dashed line at the maximum log 10; the shifted inputs have higher entropy than the test images."}}
 with plots.style():
     fig, ax = plots.figure("MC dropout is less certain on inputs unlike its training images",
                            "predictive entropy of the MC average (nats)", "density")
@@ -695,11 +682,10 @@ plt.show()
 # disagreement between sub-networks, the eval-mode entropy is what a single
 # deterministic pass already shows. How much MC adds over that single pass
 # depends on the network and on the kind of shift, so the book claims no
-# winner between them; compare the columns in your run. Check: for each
-# shifted input the mean MC entropy exceeds that of the test images by more
-# than five standard errors of the difference, and the AUROC is above 0.6.
+# winner between them; compare the columns in your run.
 
-# %%
+# %% tags=["hide-cell"]
+# Check: each shifted input's MC entropy is above the test images' (5 SE), AUROC > 0.6.
 for name, e in entropy.items():
     if name == "test images":
         continue
@@ -769,23 +755,24 @@ print(f"D.enable_dropout:  test accuracy {100 * right_alone.mean():.2f}% alone, 
       f"{100 * right_mixed.mean():.2f}% mixed with noise")
 
 # %% [markdown]
-# Check: the tempting way moves the running means and the network trained
-# with them loses accuracy afterwards, while the right way leaves every
-# buffer bit for bit unchanged; mixing in noise costs the tempting way
-# accuracy on the *same* test images, while the right way changes by less
-# than two points, the size of the MC sampling noise with these $T$. Both
-# losses must exceed three standard errors of the paired, per-image
-# difference.
+# The tempting way moves the running means, and the network left with them
+# loses accuracy afterwards, while the right way leaves every buffer bit for
+# bit unchanged; mixing in noise costs the tempting way accuracy on the
+# *same* test images, while the right way changes by less than the MC
+# sampling noise with these $T$.
 
 # %%
-assert all(v > 1e-3 for v in moved.values()), moved
-assert unchanged
 deploy_cost = metrics.mean_se(deployed_right - deployed_trapped)
 trap_cost, right_cost = metrics.mean_se(trap_alone - trap_mixed), metrics.mean_se(right_alone - right_mixed)
 print(f"accuracy lost by the corrupted running statistics: {100 * deploy_cost[0]:.2f} points "
       f"(SE {100 * deploy_cost[1]:.2f})")
 print(f"accuracy lost by mixing: model.train() {100 * trap_cost[0]:.2f} points (SE {100 * trap_cost[1]:.2f}), "
       f"enable_dropout {100 * right_cost[0]:.2f} points (SE {100 * right_cost[1]:.2f})")
+
+# %% tags=["hide-cell"]
+# Check: model.train() moves the buffers and costs accuracy (3 SE); the right way moves nothing.
+assert all(v > 1e-3 for v in moved.values()), moved
+assert unchanged
 assert deploy_cost[0] > 3 * deploy_cost[1], deploy_cost
 assert trap_cost[0] > 3 * trap_cost[1], trap_cost
 assert abs(right_cost[0]) < 0.02, right_cost
@@ -817,7 +804,7 @@ neighbour_corr = ((centred[..., :, :-1] * centred[..., :, 1:]).sum() / centred.p
 print(f"feature maps {tuple(fmap.shape)}; "
       f"correlation of horizontally adjacent activations: {neighbour_corr:.3f}")
 
-# %%
+# %% mystnb={"image": {"alt": "A grid of feature-map images, three rows by four channels: the trained CNN's feature maps, the same after element dropout with p = 0.3 (scattered holes among intact neighbours), and after spatial dropout (whole channels set to zero)."}}
 P_SPATIAL = 0.3
 repro.seed_everything(6)
 image, channels = 0, [0, 1, 2, 3]
@@ -860,7 +847,8 @@ for name, kept in (("nn.Dropout2d", channel_kept), ("D.SpatialDropout", ours_kep
     print(f"{name}: {100 * (~kept.any(-1).any(-1)).float().mean():.2f}% of maps dropped; "
           f"every map all-or-nothing: {constant}")
 
-# %%
+# %% tags=["hide-cell"]
+# Check: spatial masks are all-or-nothing per map; both masks drop p; a neighbour is kept with q.
 se_maps = math.sqrt(P_SPATIAL * (1 - P_SPATIAL) / n_maps)
 for kept in (channel_kept, ours_kept):
     assert torch.equal(kept.all(-1).all(-1), kept.any(-1).any(-1))
@@ -891,7 +879,7 @@ metrics.styled(pd.DataFrame([{"dropout": kind,
                              for kind, rows_ in recovery.items()]),
                "Variance of the feature map lost to dropout (fraction), after reading the neighbours back")
 
-# %%
+# %% mystnb={"image": {"alt": "Fraction of the feature map's variance lost to dropout, after reading dropped activations back from their neighbours, against the drop probability p: spatial dropout on the line y = p, element dropout well below it."}}
 with plots.style():
     fig, ax = plots.figure("Element dropout removes less than its rate says", "drop probability p",
                            "variance lost (fraction of the map)")
@@ -902,13 +890,12 @@ with plots.style():
 plt.show()
 
 # %% [markdown]
-# Check: adjacent activations are correlated (coefficient above 0.3); the
-# spatial mask loses $p$ within 0.05 at every rate; element dropout loses
-# less than three quarters of its rate for every $p \le 0.5$, because more
-# than a quarter of the dropped variance can be read back from the
-# neighbours at $p = 0.3$.
+# Spatial dropout loses its rate $p$; element dropout loses less than three
+# quarters of its rate for every $p \le 0.5$, because more than a quarter
+# of the dropped variance can be read back from the neighbours.
 
-# %%
+# %% tags=["hide-cell"]
+# Check: neighbours correlate (> 0.3); spatial loses p (±0.05); element loses < 3/4 of p.
 assert neighbour_corr > 0.3, neighbour_corr
 for p_, r in zip(P_SWEEP, recovery["spatial"]):
     assert abs(r["unrecoverable"] - p_) < 0.05, (p_, r)
@@ -956,13 +943,12 @@ identity = torch.equal(F.dropout(probe, 0.5, training=False), probe)
 print(f"F.dropout(x, 0.5, training=False) is the identity: {identity}")
 
 # %% [markdown]
-# Check: two training-mode calls disagree on more than 2% of the images;
-# the functional call drops half the units (five standard errors). That
-# training mode costs accuracy by more than five standard errors of the
-# paired, per-image difference is checked at class scale (the same
-# comparison as in section 5).
+# Two training-mode calls disagree on some of the images, and the functional
+# call drops half the units. That training mode costs accuracy is checked
+# at class scale, as in section 5.
 
-# %%
+# %% tags=["hide-cell"]
+# Check: calls disagree on > 2% of images; F.dropout drops half the units unless told.
 assert flipped > 0.02, flipped
 assert abs(functional_dropped - 0.5) < 5 * math.sqrt(0.25 / N_ELEM)
 assert identity
@@ -1005,15 +991,14 @@ metrics.styled(pd.DataFrame([{"batch size": bs, "model.train() (%)": f"{100 * r[
 # With two samples per batch, BN maps every feature to $\pm 1$ (each sample
 # is one batch standard deviation from the batch mean), whatever the images
 # are; the network's accuracy collapses. Turning on only the dropout layers
-# makes the batch size irrelevant. Check: at batch size 2 the tempting way
-# is less accurate than the right way by more than five standard errors of
-# the paired difference; the right way at batch size 2 and at 256 differs by
-# no more than MC noise (five standard errors of the paired difference, plus
-# half a point); a batch of one raises an error.
+# makes the batch size irrelevant.
 
 # %%
 small_cost = metrics.mean_se(by_batch[2]["right"] - by_batch[2]["trap"])
 print(f"accuracy lost at batch size 2: {100 * small_cost[0]:.2f} points (SE {100 * small_cost[1]:.2f})")
+
+# %% tags=["hide-cell"]
+# Check: batch size 2 costs model.train() > 5 SE; the right way is the same at 2 and 256.
 assert small_cost[0] > 5 * small_cost[1], small_cost
 right_spread = metrics.mean_se(by_batch[2]["right"] - by_batch[256]["right"])
 assert abs(right_spread[0]) < 5 * right_spread[1] + 0.005, right_spread
@@ -1061,13 +1046,12 @@ print(f"training-mode accuracy on the training images: {100 * acc_before.mean():
 print(f"eval-mode logits identical at both rates: {torch.equal(logits_before, logits_after)}")
 
 # %% [markdown]
-# Check: the attribute on the model leaves the rate at 0.5 and the layers'
-# `p` moves it to 0.1 (five standard errors of a proportion); the logged
-# accuracy jumps with the same weights, by more than three standard errors
-# of the paired, per-image difference, while the eval-mode output is
-# unchanged bit for bit.
+# The attribute on the model leaves the rate at 0.5 and the layers' `p`
+# moves it to 0.1; the logged accuracy jumps with the same weights, while
+# the eval-mode output is unchanged bit for bit.
 
-# %%
+# %% tags=["hide-cell"]
+# Check: rates 0.5 and 0.1 (5 SE); the logged accuracy jumps (3 SE); eval output unchanged.
 n_pos = positive.sum().item()
 assert abs(rate_attr - 0.5) < 5 * math.sqrt(0.25 / n_pos), rate_attr
 assert abs(rate_layers - 0.1) < 5 * math.sqrt(0.09 / n_pos), rate_layers
@@ -1085,8 +1069,9 @@ assert torch.equal(logits_before, logits_after)
 #   where one is used, is the keep probability $q$, not the rate. Forgetting
 #   the scaling inflates activations by $1/q$ and makes the network
 #   overconfident, and at high rates less accurate.
-# - Dropout keeps the mean and inflates the variance as Eq. 6 of Kim et al.
-#   says, so $\Delta < 1$: the seed of chapter 2.
+# - Dropout keeps the mean and inflates the variance as
+#   Eq. {eq}`eq-dropout-variance` says (Kim et al.'s Eq. 6), so
+#   $\Delta < 1$: the seed of chapter 2.
 # - Dropout narrows the gap between training and test accuracy; its effect
 #   on test accuracy at this size is small and noisy, and a high rate costs
 #   accuracy.
@@ -1175,7 +1160,7 @@ assert achieved < 1.15 * target, achieved
 #
 # A hand-written dropout draws one mask per *batch* and shares it across
 # the $B$ samples, instead of one per sample. Each unit still keeps its mean
-# and, over many batches, the variance of Eq. 6. But what is the variance of
+# and, over many batches, the variance of Eq. {eq}`eq-dropout-variance`. But what is the variance of
 # a unit's *batch mean* in each case? Derive both, and check them by
 # simulation with $B = 64$, $p = 0.5$, $\mathrm{E}[x] = 1$, $\mathrm{Var}[x] = 1$.
 # ```
@@ -1185,7 +1170,7 @@ assert achieved < 1.15 * target, achieved
 # ```
 #
 # With one coin per sample the $B$ outputs are independent, so the variance
-# of their mean is Eq. 6 divided by $B$:
+# of their mean is Eq. {eq}`eq-dropout-variance` divided by $B$:
 # $\mathrm{Var}[x]/(qB) + (1-q)\,\mathrm{E}[x]^2/(qB)$. With a shared coin
 # the batch mean is $(m/q)\,\bar x$, and
 # $\mathrm{E}[m^2/q^2]\,\mathrm{E}[\bar x^2] - \mathrm{E}[x]^2
@@ -1210,6 +1195,144 @@ for name, means in (("per sample", per_sample), ("shared", shared)):
     se_v = math.sqrt((((means - means.mean()) ** 4).mean().item() - v**2) / means.numel())
     print(f"{name:10}: Var[batch mean] = {v:.4f}, formula {formulas[name]:.4f}")
     assert abs(v - formulas[name]) < 5 * se_v, (name, v, formulas[name])
+
+# %% [markdown]
+# ```{solution-end}
+# ```
+#
+# ```{exercise}
+# :label: ch1-ex-predict-relu
+#
+# Predict first: the output of a ReLU fed with standard normal inputs has
+# mean $1/\sqrt{2\pi} \approx 0.40$ and variance $(\pi - 1)/(2\pi) \approx 0.34$.
+# Such a feature goes through dropout with $p = 0.4$. Write down the variance
+# of the output in training and its $\Delta$ before running anything, then
+# measure both on a large sample.
+# ```
+#
+# ```{solution-start} ch1-ex-predict-relu
+# :class: dropdown
+# ```
+#
+# Eq. {eq}`eq-dropout-variance` with $q = 0.6$ gives
+# $0.34/0.6 + (0.4/0.6)\cdot 0.16 \approx 0.67$, and
+# Eq. {eq}`eq-dropout-ratio` gives $\Delta \approx 0.34/0.67 \approx 0.51$,
+# well below $q$ because the ReLU output is not centred. With the exact
+# moments, $\Delta$ simplifies to $(\pi - 1)/(\pi/q - 1)$, a value chapter 2
+# meets again (Kim et al.'s Eq. 29).
+
+# %%
+p_relu = 0.4
+repro.seed_everything(14)
+x_relu = torch.relu(torch.randn(N_ELEM, dtype=torch.float64))
+predicted_var = D.expected_output_variance(variance.relu_gaussian_var(), variance.relu_gaussian_mean(), p_relu)
+predicted_delta = variance.dropout_ratio(variance.relu_gaussian_var(), variance.relu_gaussian_mean(), p_relu)
+y_relu = D.dropout(x_relu, p_relu, generator=torch.Generator().manual_seed(D.mask_seed(14)))
+delta_relu = variance.inconsistency_ratio(nn.Dropout(p_relu), x_relu, seed=14)
+se_relu = math.sqrt((((y_relu - y_relu.mean()) ** 4).mean().item() - y_relu.var().item() ** 2) / N_ELEM)
+print(f"training variance: predicted {predicted_var:.4f}, measured {y_relu.var().item():.4f} (SE {se_relu:.4f})")
+print(f"Δ: predicted {predicted_delta:.4f}, measured {delta_relu:.4f}; (π − 1)/(π/q − 1) = "
+      f"{variance.ratio_nonresidual(p_relu):.4f}")
+assert abs(y_relu.var().item() - predicted_var) < 5 * se_relu
+assert abs(delta_relu / predicted_delta - 1) < 5 * se_relu / predicted_var + 5 / math.sqrt(N_ELEM)
+assert abs(predicted_delta - variance.ratio_nonresidual(p_relu)) < 1e-12
+
+# %% [markdown]
+# ```{solution-end}
+# ```
+#
+# ```{exercise}
+# :label: ch1-ex-which-scaling
+#
+# Design: you are handed three dropout layers with $p = 0.25$ and told that
+# one scales the inverted way, one the classic way and one forgets to scale,
+# but not which is which. You may switch each between training and
+# evaluation mode and feed it any input you like. Design the smallest
+# experiment that tells them apart from their outputs alone, then run it on
+# the three layers below.
+# ```
+#
+# ```{solution-start} ch1-ex-which-scaling
+# :class: dropdown
+# ```
+#
+# Feed a tensor of ones. In training, a kept unit comes out as $1/q$ under
+# the inverted rule and as $1$ under the other two; in evaluation mode the
+# output is $q$ under the classic rule and $1$ under the other two. The pair
+# (kept value in training, value at inference) is $(1/q, 1)$, $(1, q)$ or
+# $(1, 1)$: exact numbers, no statistics needed. The table of section 2 says
+# the same thing in the language of means.
+
+# %%
+p_box = 0.25
+repro.seed_everything(15)
+hidden_rules = [("inverted", "classic", "none")[k] for k in torch.randperm(3).tolist()]
+boxes = [D.Dropout(p_box, scaling=rule) for rule in hidden_rules]  # hidden_rules is used only to grade
+signatures = {"inverted": (1 / (1 - p_box), 1.0), "classic": (1.0, 1 - p_box), "none": (1.0, 1.0)}
+probe_ones = torch.ones(1_000, dtype=torch.float64)
+readings = [(box.train()(probe_ones).max().item(), box.eval()(probe_ones).max().item()) for box in boxes]
+identified = [next(rule for rule, sig in signatures.items() if all(map(math.isclose, reading, sig)))
+              for reading in readings]
+print("(kept value in training, value at inference) per layer:", [tuple(round(v, 4) for v in r) for r in readings])
+print("identified:", identified)
+assert identified == hidden_rules
+
+# %% [markdown]
+# ```{solution-end}
+# ```
+#
+# ```{exercise}
+# :label: ch1-ex-ridge
+#
+# Predict first: a linear regression $\hat y = w^\top x$ is trained by
+# gradient descent with dropout ($p = 0.5$) on its three inputs and no weight
+# decay. The inputs are independent, with standard deviations 0.3, 1 and 3.
+# Will the learned weights equal least squares, or be shrunk, and by what
+# factor each? Would weight decay shrink them the same way? Then train it
+# and compare.
+# ```
+#
+# ```{solution-start} ch1-ex-ridge
+# :class: dropdown
+# ```
+#
+# Averaged over the masks, the squared error of one sample is
+# $\mathrm{E}_m[(y - w^\top (m \odot x)/q)^2] = (y - w^\top x)^2
+# + \tfrac{p}{q}\sum_j w_j^2 x_j^2$, by Eq. {eq}`eq-dropout-variance`
+# applied to each term: dropout adds an L2 penalty on each weight, scaled by
+# the energy $\sum_i x_{ij}^2$ of its feature {cite:p}`srivastava2014dropout`.
+# For independent features the minimizer is least squares times
+# $1/(1 + p/q) = q$: every weight is halved, whatever its feature's scale.
+# Weight decay, $\lambda \lVert w \rVert^2$, penalizes every weight alike, so
+# it shrinks the weight of a small-scale feature the most (below, with the
+# $\lambda$ that shrinks the middle weight as much as dropout does). Dropout is not
+# "weight decay under another name": it is weight decay measured in the
+# units of the data.
+
+# %%
+p_lin = 0.5
+q_lin = 1 - p_lin
+repro.seed_everything(16)
+X_lin = torch.randn(500, 3, dtype=torch.float64) * torch.tensor([0.3, 1.0, 3.0], dtype=torch.float64)
+y_lin = X_lin @ torch.tensor([2.0, 1.0, 0.5], dtype=torch.float64) + 0.5 * torch.randn(500, dtype=torch.float64)
+gram = X_lin.T @ X_lin
+w_ls = torch.linalg.solve(gram, X_lin.T @ y_lin)
+w_penalized = torch.linalg.solve(gram + p_lin / q_lin * torch.diag(torch.diag(gram)), X_lin.T @ y_lin)
+w_decay = torch.linalg.solve(gram + p_lin / q_lin * gram[1, 1] * torch.eye(3, dtype=torch.float64), X_lin.T @ y_lin)
+g_lin = torch.Generator().manual_seed(D.mask_seed(16))
+w_lin, w_avg, steps_lin = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 4_000
+for step in range(steps_lin):  # full-batch gradient descent, a fresh mask per sample and step
+    x_drop = D.dropout(X_lin, p_lin, generator=g_lin)
+    w_lin -= 0.02 * 2 * x_drop.T @ (x_drop @ w_lin - y_lin) / len(y_lin)
+    if step >= steps_lin // 2:
+        w_avg += w_lin / (steps_lin - steps_lin // 2)  # average of the second half's iterates
+assert (w_avg - w_penalized).abs().max() < 0.02, (w_avg, w_penalized)
+assert ((w_avg / w_ls - q_lin).abs() < 0.05).all(), w_avg / w_ls
+assert w_decay[0] / w_ls[0] < 0.2 and w_decay[2] / w_ls[2] > 0.8, w_decay / w_ls
+metrics.styled(pd.DataFrame({"feature scale": [0.3, 1.0, 3.0], "least squares": w_ls.numpy(),
+                             "trained with dropout": w_avg.numpy(), "dropout / least squares": (w_avg / w_ls).numpy(),
+                             "weight decay / least squares": (w_decay / w_ls).numpy()}).round(3),
+               f"Linear regression with input dropout (p = {p_lin}) against least squares and weight decay")
 
 # %% [markdown]
 # ```{solution-end}
