@@ -31,7 +31,7 @@
 # This chapter builds the argument from the bottom up:
 #
 # 1. BN written out by hand, in its two modes;
-# 2. the inconsistency ratio of dropout alone, measured against Kim et al.'s Eq. 6;
+# 2. the inconsistency ratio of dropout alone, measured against its formula;
 # 3. the paper's worked example, built from a real dropout layer;
 # 4. the shift inside trained CNNs, layer by layer;
 # 5. four fixes, measured: dropout after the last BN, recalibrating BN,
@@ -64,7 +64,21 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from droplab import data, dropout, inconsistency, metrics, models, plots, probes, repro, scale, surgery, train, variance
+from droplab import (
+    data,
+    dropout,
+    inconsistency,
+    metrics,
+    models,
+    plots,
+    probes,
+    repro,
+    scale,
+    surgery,
+    train,
+    transformer,
+    variance,
+)
 
 print(repro.banner())
 
@@ -77,16 +91,22 @@ print(repro.banner())
 # $\mu_B$ and the (biased) variance $\sigma_B^2$ of the current mini-batch,
 # taken over the batch and all spatial positions,
 #
-# $$y = \gamma \, \frac{x - \mu_B}{\sqrt{\sigma_B^2 + \epsilon}} + \beta ,$$
+# $$
+# y = \gamma \, \frac{x - \mu_B}{\sqrt{\sigma_B^2 + \epsilon}} + \beta ,
+# $$ (eq-bn-train)
 #
 # and it updates the buffers with an exponential moving average of momentum
 # $m$ (PyTorch's default is $m = 0.1$; the running variance averages the
 # *unbiased* batch variance, $\tfrac{n}{n-1}\sigma_B^2$ for $n$ values per channel):
 #
-# $$\hat\mu \leftarrow (1-m)\,\hat\mu + m\,\mu_B, \qquad \hat\sigma^2 \leftarrow (1-m)\,\hat\sigma^2 + m\,\tfrac{n}{n-1}\sigma_B^2 .$$
+# $$
+# \hat\mu \leftarrow (1-m)\,\hat\mu + m\,\mu_B, \qquad \hat\sigma^2 \leftarrow (1-m)\,\hat\sigma^2 + m\,\tfrac{n}{n-1}\sigma_B^2 .
+# $$ (eq-bn-running)
 #
 # In **evaluation mode** it uses the buffers instead of the batch:
-# $y = \gamma (x - \hat\mu)/\sqrt{\hat\sigma^2 + \epsilon} + \beta$. We write
+# $y = \gamma (x - \hat\mu)/\sqrt{\hat\sigma^2 + \epsilon} + \beta$, which
+# is Eq. {eq}`eq-bn-train` with $\hat\mu, \hat\sigma^2$ in place of
+# $\mu_B, \sigma_B^2$. We write
 # both modes by hand and run them beside `nn.BatchNorm2d` on a few batches.
 
 # %%
@@ -116,10 +136,10 @@ print(f"largest difference, training mode: {err_train:.2e}   evaluation mode: {e
 
 # %% [markdown]
 # The hand-written layer and PyTorch's agree to rounding error in both modes,
-# and so do the running statistics. (Float32 rounding is about $10^{-7}$
-# relative; the check allows $10^{-5}$.)
+# and so do the running statistics.
 
-# %%
+# %% tags=["hide-cell"]
+# Check: both modes and both buffers agree to float32 rounding.
 assert err_train < 1e-5 and err_eval < 1e-5, (err_train, err_eval)
 assert torch.allclose(running_mean, bn.running_mean, atol=1e-6)
 assert torch.allclose(running_var, bn.running_var, atol=1e-6)
@@ -143,25 +163,29 @@ assert torch.allclose(running_var, bn.running_var, atol=1e-6)
 # variance of its output at test time by the variance of its output in
 # training:
 #
-# $$\Delta(f(x)) = \frac{\operatorname{Var}[f_\text{test}(x)]}{\operatorname{Var}[f_\text{train}(x)]} .$$
+# $$
+# \Delta(f(x)) = \frac{\operatorname{Var}[f_\text{test}(x)]}{\operatorname{Var}[f_\text{train}(x)]} .
+# $$ (eq-delta)
 #
 # The variance is taken over the mini-batch, per feature, and averaged over
 # features; "test" switches only the dropout layers off, and BN stays in
 # whatever mode it is in. $\Delta = 1$ means the two phases agree.
 # ```
 #
-# This is Definition 2 of Kim et al. (their Definition 1 is inverted dropout,
-# {prf:ref}`def-dropout` in chapter 1).
+# This is Definition 2 of Kim et al., their Eq. 3 (their Definition 1 is
+# inverted dropout, {prf:ref}`def-dropout` in chapter 1).
 # `droplab.variance.inconsistency_ratio(module, x)` implements this
 # definition once, for any module.
 #
-# For dropout alone the paper derives its training variance (Kim et al.
-# Eq. 6). The paper writes $p$ for the keep probability; in this book's
-# notation, with drop probability $p$ and keep probability $q = 1 - p$,
+# For dropout alone, chapter 1 derived the training variance and $\Delta$
+# (its Eqs. {eq}`eq-dropout-variance` and {eq}`eq-dropout-ratio`; Kim et
+# al.'s Eq. 6, written with the book's {ref}`notation`). We repeat them here:
 #
-# $$\operatorname{Var}[\mathrm{Dropout}_\text{train}(x)] = \frac{\operatorname{Var}[x]}{q} + \frac{1-q}{q}\,\mathrm{E}[x]^2,
+# $$
+# \operatorname{Var}[\mathrm{Dropout}_\text{train}(x)] = \frac{\operatorname{Var}[x]}{q} + \frac{1-q}{q}\,\mathrm{E}[x]^2,
 # \qquad
-# \Delta(\mathrm{Dropout}(x)) = \frac{\operatorname{Var}[x]}{\operatorname{Var}[x]/q + (1-q)\,\mathrm{E}[x]^2/q} .$$
+# \Delta(\mathrm{Dropout}(x)) = \frac{\operatorname{Var}[x]}{\operatorname{Var}[x]/q + (1-q)\,\mathrm{E}[x]^2/q} .
+# $$ (eq-dropout-alone)
 #
 # $\Delta$ is at most $q$ (reached when $\mathrm{E}[x] = 0$) and falls further as
 # the mean grows: a positive feature, such as a ReLU output, is shifted more
@@ -183,10 +207,10 @@ for mean_x in input_means:
         grid[mean_x, p_drop] = (np.mean(per_block), np.std(per_block, ddof=1) / np.sqrt(blocks))
 eq6 = {(m, pd): variance.dropout_ratio(1.0, m, pd) for m, pd in grid}
 worst = max(abs(grid[k][0] - eq6[k]) / grid[k][1] for k in grid)
-print(f"{len(grid)} grid points; largest distance from Eq. 6: {worst:.2f} standard errors")
+print(f"{len(grid)} grid points; largest distance from the formula: {worst:.2f} standard errors")
 
-# %%
-fig, ax = plots.figure("Dropout alone: Δ follows Eq. 6, and falls as E[x] grows",
+# %% mystnb={"image": {"alt": "The inconsistency ratio Delta of dropout alone against the keep probability q, one series per input mean E[x] = 0, 0.5, 1, 2, measured markers with error bars on the analytic curves of Kim et al.'s Eq. 6; Delta is at most q and falls as E[x] grows."}}
+fig, ax = plots.figure("Dropout alone: Δ follows Kim et al.'s Eq. 6, and falls as E[x] grows",
                        "keep probability q = 1 − p", "inconsistency ratio Δ (test / train variance)")
 qs = np.array([1 - pd for pd in drop_ps])
 for mean_x in input_means:
@@ -199,10 +223,10 @@ ax.legend(ncol=2, fontsize=8)
 plt.show()
 
 # %% [markdown]
-# Every grid point lies on its Eq. 6 curve. The check allows five standard
-# errors of the ten-block estimate at each point.
+# Every grid point lies on its curve of Eq. {eq}`eq-dropout-alone`.
 
-# %%
+# %% tags=["hide-cell"]
+# Check: every point within five standard errors (ten blocks) of the formula.
 for key, (measured, se) in grid.items():
     assert abs(measured - eq6[key]) < 5 * se, (key, measured, eq6[key], se)
 
@@ -215,7 +239,7 @@ for key, (measured, se) in grid.items():
 # training and $2/10 = 0.2$ at test.
 #
 # We build that feature from a real dropout layer rather than by decree.
-# With $p = 0.5$ ($q = 0.5$), Eq. 6 gives a training variance of
+# With $p = 0.5$ ($q = 0.5$), Eq. {eq}`eq-dropout-alone` gives a training variance of
 # $2/0.5 + 1 \cdot \mathrm{E}[x]^2 = 4 + \mathrm{E}[x]^2$, so an input with
 # variance 2 and mean $\sqrt 6$ has variance 10 after dropout in training and 2
 # at test. (The mean is not zero as in the paper, but dropout keeps it, so BN
@@ -248,13 +272,9 @@ print(f"Var of BN output at test if BN used batch statistics: {out_test_batch_st
 # training mode, measure $\Delta$ where the *next* BN would read its input,
 # never behind a BN, and why a trained network in evaluation mode is where the
 # shift bites.
-#
-# The check allows five standard errors of a sample variance,
-# $\operatorname{Var}\cdot\sqrt{(\kappa - 1)/n}$ with kurtosis $\kappa$; the
-# dropout output is far from Gaussian (a mixture of zeros and doubled values),
-# so we use the kurtosis measured on the sample itself.
 
-# %%
+# %% tags=["hide-cell"]
+# Check: variances 10, 1, 0.2 and 1, within five standard errors (measured kurtosis).
 kappa = (((h_train - h_train.mean()) ** 4).mean() / h_train.var() ** 2).item()  # kurtosis of the dropout output
 se_train = 10 * ((kappa - 1) / n_example) ** 0.5
 se_ratio = 0.2 * (((kappa - 1) / n_example) ** 0.5 + (2 / n_example) ** 0.5)
@@ -327,10 +347,11 @@ print(f"trained {len(nets)} networks")
 # does this with a forward hook on every BN layer and returns, per layer, the
 # test-time mean and variance of the input beside the running statistics; its
 # `ratio` is the test variance over the running variance, averaged over
-# channels (1 means no shift). We also compute what Eq. 6 predicts for each
-# layer *on its own*: in the first network the input of each BN is the output of
-# the dropout in front of it, so its test-time mean and variance are the
-# $\mathrm{E}[x]$ and $\operatorname{Var}[x]$ of Eq. 6.
+# channels (1 means no shift). We also compute what Eq. {eq}`eq-dropout-alone`
+# predicts for each layer *on its own*: in the first network the input of each
+# BN is the output of the dropout in front of it, so its test-time mean and
+# variance are the $\mathrm{E}[x]$ and $\operatorname{Var}[x]$ of
+# Eq. {eq}`eq-dropout-alone`.
 
 # %%
 x_test, _ = train.to_device(test_set, repro.device(), train.input_stats(train_set.images))
@@ -347,19 +368,19 @@ metrics.styled(pd.DataFrame([{"network": name, **{f"BN{d}": f"{r:.3f}" for d, r 
 
 # %% [markdown]
 # In the network with dropout before every BN, the first BN layer is shifted
-# by about what Eq. 6 predicts for its own dropout (its input is a convolution
-# of the normalized image, whose mean is small next to its spread, so Eq. 6
-# gives nearly $\Delta = q$). The deeper layers are shifted much more than
+# by about what Eq. {eq}`eq-dropout-alone` predicts for its own dropout (its
+# input is a convolution of the normalized image, whose mean is small next to
+# its spread, so the formula gives nearly $\Delta = q$). The deeper layers are shifted much more than
 # their own dropout explains: each
 # layer inherits the shortfall of the layers before it. A BN whose input is
 # too small passes a too-small output on; the next convolution passes it on
 # again; and the next dropout-inflated running variance divides it once more.
-# A rough model of this is the product of the per-layer Eq. 6 factors up to
-# each depth, drawn as the solid line in the figure. In the network with
+# A rough model of this is the product of the per-layer factors of
+# Eq. {eq}`eq-dropout-alone` up to each depth, drawn as the solid line in the figure. In the network with
 # dropout only after the last BN, no BN has a dropout upstream, and every ratio
 # stays near 1.
 
-# %%
+# %% mystnb={"image": {"alt": "Test variance over running variance of each BN layer against its depth: for dropout before every BN the measured ratio falls with depth, following the product of the per-layer factors (solid line) rather than each layer's own factor (dotted line); for dropout after the last BN every ratio sits on the line at 1."}}
 fig, ax = plots.figure("Dropout before every BN: the variance shift compounds with depth",
                        "BN layer (depth in the network)", "test variance / running variance")
 before, last = "dropout before every BN", "dropout after the last BN"
@@ -367,8 +388,8 @@ product_model = np.cumprod(by_seed(eq6_alone, before), axis=1).mean(0)
 plots.measured_vs_analytic(ax, depth, by_seed(ratio, before).mean(0), None,
                            label=before, err=[metrics.mean_ci95(list(col))[1] for col in by_seed(ratio, before).T],
                            color=plots.PALETTE[0])
-ax.plot(depth, product_model, "-", color=plots.PALETTE[0], label="product of the Eq. 6 factors up to each layer")
-ax.plot(depth, by_seed(eq6_alone, before).mean(0), ":", color=plots.PALETTE[0], label="Eq. 6 of each layer's dropout alone")
+ax.plot(depth, product_model, "-", color=plots.PALETTE[0], label="product of the per-layer factors up to each layer")
+ax.plot(depth, by_seed(eq6_alone, before).mean(0), ":", color=plots.PALETTE[0], label="each layer's own dropout alone (Kim et al.'s Eq. 6)")
 plots.measured_vs_analytic(ax, depth, by_seed(ratio, last).mean(0), np.ones(len(depth)),
                            label=last, err=[metrics.mean_ci95(list(col))[1] for col in by_seed(ratio, last).T],
                            color=plots.PALETTE[1])
@@ -377,21 +398,19 @@ ax.legend(fontsize=8)
 plt.show()
 
 # %% [markdown]
-# The checks below need trained networks with settled running statistics: at
-# smoke scale the networks take a handful of steps and the running averages
-# still remember their initial values, so these claims are checked at class and
-# paper scale only. The tolerances: the network without any shift (dropout after
-# the last BN) strays from 1 by a few hundredths because its running averages
-# were taken on augmented training images while the weights were still moving;
-# we allow 0.03 for the first layer's agreement with Eq. 6 and 0.1 for the
-# reference network's distance from 1.
+# These claims need settled running statistics, so they are checked at class
+# and paper scale only (at smoke scale the networks take a handful of steps).
 
 # %%
 r_before, r_last = by_seed(ratio, before).mean(0), by_seed(ratio, last).mean(0)
 eq6_before = by_seed(eq6_alone, before).mean(0)
-print(f"first BN, dropout before every BN: measured {r_before[0]:.3f}, Eq. 6 alone {eq6_before[0]:.3f}")
-print(f"deepest BN: measured {r_before[-1]:.3f}, Eq. 6 alone {eq6_before[-1]:.3f}, product model {product_model[-1]:.3f}")
+print(f"first BN, dropout before every BN: measured {r_before[0]:.3f}, its own dropout alone {eq6_before[0]:.3f}")
+print(f"deepest BN: measured {r_before[-1]:.3f}, its own dropout alone {eq6_before[-1]:.3f}, "
+      f"product model {product_model[-1]:.3f}")
 print(f"reference network (dropout after the last BN): largest distance from 1 is {np.abs(by_seed(ratio, last) - 1).max():.3f}")
+
+# %% tags=["hide-cell"]
+# Check: first BN within 0.03 of its own factor; the shift compounds; the reference stays within 0.1 of 1.
 if scale.current() != "smoke":
     assert abs(r_before[0] - eq6_before[0]) < 0.03, "the first BN is shifted by its own dropout, as Eq. 6 says"
     assert r_before[-1] < r_before[0] - 0.15, "the shift compounds: the deepest BN is shifted much more than the first"
@@ -419,12 +438,10 @@ metrics.styled(pd.DataFrame([{"network": name, "test accuracy (%)": metrics.pm(*
 # is clearly the worse. The two differ in two ways, though: where the dropout
 # sits, and how much of it there is (six dropout layers against one), and more
 # dropout noise also makes learning harder. The next section separates the two
-# by removing the shift alone. With a few seeds (three at class scale) the 95% interval is
-# wide, so the check asks for the effect in every seed (each seed trains all
-# networks on the same images in the same order) and for a mean gap of at least
-# five points; it runs at class scale, where the networks are trained.
+# by removing the shift alone.
 
-# %%
+# %% tags=["hide-cell"]
+# Check (class scale): the gap is positive in every seed and at least five points on average.
 if scale.current() != "smoke":
     assert np.all(gap > 0) and gap_mean > 0.05, (gap, gap_mean, gap_ci)
 else:
@@ -464,12 +481,15 @@ metrics.styled(pd.DataFrame([{"network": name, **{f"BN{d}": f"{r:.3f}" for d, r 
 # %% [markdown]
 # After recalibration every BN layer of every network sees, at test time, the
 # variance it normalizes with, up to the difference between the training and
-# test images. That holds at every scale (it does not depend on how well the
-# networks are trained); the check allows 0.05.
+# test images. That holds at every scale: it does not depend on how well the
+# networks are trained.
 
 # %%
 worst_recal = max(np.abs(r - 1).max() for r in ratio_recal.values())
 print(f"largest distance from 1 after recalibration: {worst_recal:.3f}")
+
+# %% tags=["hide-cell"]
+# Check: every recalibrated BN within 0.05 of 1.
 assert worst_recal < 0.05
 
 # %% [markdown]
@@ -483,7 +503,7 @@ metrics.styled(pd.DataFrame([{"network": name, "as trained (%)": metrics.pm(*met
                              for name in placements]),
                f"Test accuracy before and after recalibrating BN (mean ± 95 % CI over {len(seeds)} seeds)")
 
-# %%
+# %% mystnb={"image": {"alt": "Grouped bar chart of test accuracy in percent for the four networks (dropout before every BN, after the last BN, after every BN-ReLU, uniform noise before every BN), as trained and recalibrated, with 95 percent confidence intervals over seeds; recalibration lifts the shifted networks, most of all the one with dropout before every BN."}}
 fig, ax = plots.figure("Recalibrating BN recovers what the variance shift cost",
                        "network", "test accuracy (%)", figsize=(7.5, 4.0))
 labels = ["before\nevery BN", "after the\nlast BN", "after every\nBN-ReLU", "uniform noise\nbefore every BN"]
@@ -501,14 +521,11 @@ plt.show()
 # Recalibration lifts the networks whose BN layers were shifted, most of all
 # the one with dropout before every BN, and leaves the network with dropout
 # after the last BN where it was (its running statistics were already right).
-# For the network with dropout before every BN the gain is large; the check
-# (class scale) asks for a gain in every seed, a mean gain of at least five
-# points, and more gain than for the unshifted network. It also asks that
-# recalibration close at least half of the accuracy gap between the two
-# networks Li et al. compare, that is, that most of what dropout before every BN
-# cost was the shift rather than the extra noise during learning. The change
-# for the unshifted network, and the gains of the other two, are reported with
-# their intervals and not asserted: with a few seeds they are noisy.
+# Recalibration closes most of the accuracy gap between the two networks Li
+# et al. compare: most of what dropout before every BN cost was the shift,
+# not the extra noise during learning. The gains of the other networks are
+# reported with their intervals and not asserted: with a few seeds they are
+# noisy.
 
 # %%
 g_before = metrics.mean_ci95(list(gain[before]))
@@ -517,6 +534,9 @@ gap_left = by_seed(accuracy, last).mean() - by_seed(accuracy_recal, before).mean
 print(f"gain, dropout before every BN: {metrics.pm(*g_before, digits=1, signed=True)} points;"
       f" dropout after the last BN: {metrics.pm(*g_last, digits=1, signed=True)} points")
 print(f"gap to dropout after the last BN: {100 * gap_mean:.1f} points as trained, {100 * gap_left:.1f} after recalibration")
+
+# %% tags=["hide-cell"]
+# Check (class scale): a gain in every seed, of five points or more, that closes half the gap.
 if scale.current() != "smoke":
     assert np.all(gain[before] > 0) and g_before[0] > 0.05, "recalibration raises the accuracy of the shifted network"
     assert g_before[0] > abs(g_last[0]) + 0.02, "and it helps the shifted network more than the unshifted one"
@@ -537,11 +557,13 @@ else:
 # they call "Uout": multiply each unit by $1 + r$ with $r$ uniform on
 # $[-\beta, \beta]$ instead of by a scaled Bernoulli mask.
 # `droplab.dropout.UniformDropout(beta)` implements it. Its training variance
-# follows from the same two lines as Eq. 6:
+# follows from the same two lines as Eq. {eq}`eq-dropout-alone`:
 #
-# $$\operatorname{Var}[x(1+r)] = \operatorname{Var}[x] + \frac{\beta^2}{3}\bigl(\operatorname{Var}[x] + \mathrm{E}[x]^2\bigr),
+# $$
+# \operatorname{Var}[x(1+r)] = \operatorname{Var}[x] + \frac{\beta^2}{3}\bigl(\operatorname{Var}[x] + \mathrm{E}[x]^2\bigr),
 # \qquad
-# \operatorname{Var}[\mathrm{Dropout}_\text{train}(x)] = \operatorname{Var}[x] + \frac{p}{q}\bigl(\operatorname{Var}[x] + \mathrm{E}[x]^2\bigr).$$
+# \operatorname{Var}[\mathrm{Dropout}_\text{train}(x)] = \operatorname{Var}[x] + \frac{p}{q}\bigl(\operatorname{Var}[x] + \mathrm{E}[x]^2\bigr).
+# $$ (eq-uniform-variance)
 #
 # Both are the test variance plus *the variance of the multiplicative noise*
 # times $\mathrm{E}[x^2]$: $\beta^2/3$ for the uniform noise, $p/q$ for dropout.
@@ -571,7 +593,7 @@ metrics.styled(pd.DataFrame([{"p": f"{p_drop:g}", "dropout Δ": f"{matched[p_dro
                               "formula": f"{variance.dropout_ratio(1.0, 1.0, p_drop):.4f}"} for p_drop in (0.05, 0.1, 0.2)]),
                "Dropout and uniform noise of the same variance (E[x] = 1, Var[x] = 1)")
 
-# %%
+# %% mystnb={"image": {"alt": "The inconsistency ratio Delta against the variance of the multiplicative noise, for uniform noise over a grid of beta (markers with error bars on the analytic curve) and for dropout at p = 0.05, 0.1 and 0.2 (open squares); both kinds of noise lie on the same curve."}}
 fig, ax = plots.figure("Uniform noise: Δ is set by the noise variance alone",
                        "noise variance (β²/3 for uniform noise, p/q for dropout)", "inconsistency ratio Δ")
 noise_var = lambda b: b**2 / 3
@@ -588,11 +610,10 @@ plt.show()
 # %% [markdown]
 # With $\mathrm{E}[x] = 1$ and $\operatorname{Var}[x] = 1$ the formula reads
 # $\Delta = 1/(1 + 2 v)$ for noise variance $v$; uniform noise and dropout land
-# on the same curve. The checks: five standard errors from the formula for
-# every $\beta$, and at the matched $\beta$ uniform noise and dropout agree
-# within five combined standard errors.
+# on the same curve.
 
-# %%
+# %% tags=["hide-cell"]
+# Check: every β on the formula, and matched noise equal to dropout (five standard errors).
 for b, (measured, se) in uout.items():
     assert abs(measured - variance.uniform_dropout_ratio(1.0, 1.0, b)) < 5 * se, (b, measured, se)
 for p_drop in ps_m:
@@ -604,8 +625,8 @@ for p_drop in ps_m:
 # chooses it weaker: with a small $\beta$ the noise, and with it the shift, is
 # small. At the same noise strength it shifts a BN layer exactly as dropout
 # does. In the trained network with uniform noise of matched strength before
-# every BN, the first BN sits at the same Eq. 6 value as with dropout, and the
-# shift compounds with depth:
+# every BN, the first BN sits at the same value of Eq. {eq}`eq-dropout-alone`
+# as with dropout, and the shift compounds with depth (checked at class scale):
 
 # %%
 uniform = "uniform noise before every BN"
@@ -615,6 +636,9 @@ print(f"dropout before every BN,       ratio by depth: {np.round(r_before, 3)}")
 mean_u, ci_u = metrics.mean_ci95(list(by_seed(accuracy, uniform)))
 print(f"accuracy with uniform noise: {100 * mean_u:.1f} ± {100 * ci_u:.1f} %  (dropout before every BN: "
       f"{100 * metrics.mean_ci95(list(by_seed(accuracy, before)))[0]:.1f} %)")
+
+# %% tags=["hide-cell"]
+# Check (class scale): the first BN at its own factor (0.03); the shift compounds with depth.
 if scale.current() != "smoke":
     assert abs(r_uniform[0] - by_seed(eq6_alone, uniform).mean(0)[0]) < 0.03, "first BN: the Eq. 6 value of matched noise"
     assert r_uniform[-1] < r_uniform[0] - 0.1, "the shift of uniform noise compounds with depth too"
@@ -642,8 +666,14 @@ else:
 # dropout noise away only if the $w_j$ add up coherently. For zero-mean weights
 # (He initialization, $w \sim \mathcal N(0, 2/n)$) the signal and the noise
 # scale the same way with the width $n$, and $\Delta$ stays at the value of
-# dropout alone on a ReLU output, $(\pi - 1)/(\pi/q - 1)$ (Kim et al. Eq. 29,
-# written with $q$).
+# dropout alone on a ReLU output,
+#
+# $$
+# \Delta = \frac{\pi - 1}{\pi/q - 1}
+# $$ (eq-delta-relu)
+#
+# (Kim et al.'s Eq. 29, written with $q$; it is Eq. {eq}`eq-dropout-alone` with
+# the mean and variance of a ReLU of a standard normal).
 #
 # `droplab.inconsistency.pre_post_dropout_ratio` runs the paper's module test: inputs from
 # $\mathcal N(0, 1)$ through `BN → ReLU → W → BN → ReLU`, then dropout and a
@@ -662,7 +692,7 @@ metrics.styled(pd.DataFrame([{"E[W]": f"{mw:g}", **{f"n = {n}": f"{width_delta[m
                              for mw in weight_means]),
                "Δ of the PreDropout module test by width n (p = 0.5)")
 
-# %%
+# %% mystnb={"image": {"alt": "Delta of the PreDropout module test against the layer width n on a log axis, one line per weight mean E[W] = 0, 0.02, 0.05: for zero-mean weights Delta stays on the analytic value of Kim et al.'s Eq. 29 at every width; for positive-mean weights it climbs towards 1 as the layer widens."}}
 fig, ax = plots.figure("Width reduces the shift only for weights with a nonzero mean",
                        "width n (features)", "Δ of W·Dropout(x)  (p = 0.5)", xscale="log")
 for mw in weight_means:
@@ -676,15 +706,12 @@ ax.set_ylim(0, 1.05)
 plt.show()
 
 # %% [markdown]
-# With zero-mean weights, $\Delta$ sits on Kim et al.'s value (the line, Eq. 29)
+# With zero-mean weights, $\Delta$ sits on Eq. {eq}`eq-delta-relu` (the line)
 # at every width; with a positive mean it climbs towards 1 as the layer
-# widens. The checks:
-# within 0.03 of Eq. 29 at every width for $\mathrm{E}[W] = 0$ (a band the
-# positive-mean curves leave by far), and for $\mathrm{E}[W] = 0.05$ a rise
-# with every doubling of the width that ends at least 0.3 above the zero-mean
-# value.
+# widens.
 
-# %%
+# %% tags=["hide-cell"]
+# Check: E[W] = 0 within 0.03 of the formula; E[W] = 0.05 rises with width, 0.3 above it.
 zero = np.array([width_delta[0.0, n] for n in widths_w])
 positive = np.array([width_delta[0.05, n] for n in widths_w])
 assert np.all(np.abs(zero - variance.ratio_nonresidual(0.5)) < 0.03), zero
@@ -735,7 +762,7 @@ assert positive[-1] > zero[-1] + 0.3, (positive[-1], zero[-1])
 # - **Partly fair:** "somewhat empirical" is true of the accuracy: how much
 #   the shift costs depends on the rate, the depth and the data, and has to be
 #   measured. Whether there is a shift, and in which direction, is not a matter
-#   of tuning: Eq. 6 predicts it, and `bn_variance_shift` measures it on any
+#   of tuning: Eq. {eq}`eq-dropout-alone` predicts it, and `bn_variance_shift` measures it on any
 #   trained network.
 #
 # The numbers for the network with dropout after every BN-ReLU:
@@ -753,10 +780,10 @@ print(f"accuracy {100 * acc_every[0]:.1f} ± {100 * acc_every[1]:.1f} %, recalib
 # Its first BN has no dropout in front of it and is not shifted; from the
 # second on, the shift appears and compounds (in our runs less than with
 # dropout directly before each BN), and recalibration wins back accuracy, the
-# signature of a shift. The checks (class scale, for the same reason as
-# above): the first ratio within 0.03 of 1, the deepest below 0.9.
+# signature of a shift.
 
-# %%
+# %% tags=["hide-cell"]
+# Check (class scale): the first ratio within 0.03 of 1, the deepest below 0.9.
 if scale.current() != "smoke":
     assert abs(r_every[0] - 1) < 0.03, "no dropout upstream of the first BN, no shift"
     assert r_every[-1] < 0.9, "'BN before dropout' in every layer still shifts the later BN layers"
@@ -774,7 +801,7 @@ else:
 # ```{exercise}
 # :label: ch2-ex-worked-example
 #
-# Rebuild the worked example with $p = 0.2$: which mean must an input of
+# Predict first: rebuild the worked example with $p = 0.2$. Which mean must an input of
 # variance 2 have for dropout to give it variance 10 in training? Build it and
 # measure the variance of BN's output at test time. Does it depend on $p$?
 # ```
@@ -784,7 +811,7 @@ else:
 # ```
 
 # %%
-# Eq. 6: 2/q + (p/q) mu^2 = 10  =>  mu^2 = (10 - 2/q) q / p
+# Kim et al.'s Eq. 6: 2/q + (p/q) mu^2 = 10  =>  mu^2 = (10 - 2/q) q / p
 p_ex = 0.2
 q_ex = 1 - p_ex
 mu_ex = ((10 - 2 / q_ex) * q_ex / p_ex) ** 0.5
@@ -852,6 +879,130 @@ print(f"ratio by depth, 2 x 64 images: {np.round(small_ratio, 3)}   4 x 256 imag
 print(f"accuracy, 2 x 64 images: {100 * train.evaluate(small, test_set)[1]:.1f} %   4 x 256: {100 * accuracy_recal[before, 0]:.1f} %")
 # 128 images x 49 to 784 positions per channel already estimate a variance to a few percent
 assert np.abs(small_ratio - 1).max() < 0.15, small_ratio
+
+# %% [markdown]
+# ```{solution-end}
+# ```
+#
+# ```{exercise}
+# :label: ch2-ex-predict-running-var
+#
+# Predict first: a BN layer learns its running statistics behind a dropout
+# with $p = 0.3$, on features of mean 1 and variance 0.5. Which running mean
+# and running variance will it hold, and what variance will its output have at
+# test time (with $\gamma = 1$, $\beta = 0$)? Write the numbers down, then
+# build the pair and measure them.
+# ```
+#
+# ```{solution-start} ch2-ex-predict-running-var
+# :class: dropdown
+# ```
+#
+# Dropout keeps the mean, so the running mean is 1. The running variance is
+# the training variance of Eq. {eq}`eq-dropout-alone`,
+# $0.5/0.7 + (0.3/0.7)\cdot 1 \approx 1.14$, and at test BN divides the
+# variance 0.5 by it: $\Delta \approx 0.44$, well below $q = 0.7$ because the
+# features are not centred.
+
+# %%
+p_rv, mean_rv, var_rv = 0.3, 1.0, 0.5
+repro.seed_everything(5)
+pair = nn.Sequential(nn.Dropout(p_rv), nn.BatchNorm1d(8, momentum=None, dtype=torch.float64))
+feats = torch.randn(64 * 200, 8, dtype=torch.float64) * var_rv**0.5 + mean_rv
+with torch.no_grad():
+    pair.train()
+    for chunk in feats.split(64):  # 200 training batches; momentum None: a cumulative average
+        pair(chunk)
+    out_rv = pair.eval()(torch.randn(len(feats), 8, dtype=torch.float64) * var_rv**0.5 + mean_rv)
+predicted_running_var = dropout.expected_output_variance(var_rv, mean_rv, p_rv)
+print(f"running mean {pair[1].running_mean.mean().item():.3f} (predicted {mean_rv}); running variance "
+      f"{pair[1].running_var.mean().item():.3f} (predicted {predicted_running_var:.3f})")
+print(f"BN output variance at test: {out_rv.var(0).mean().item():.3f} "
+      f"(predicted {variance.dropout_ratio(var_rv, mean_rv, p_rv):.3f})")
+assert abs(pair[1].running_mean.mean().item() - mean_rv) < 0.01
+assert abs(pair[1].running_var.mean().item() / predicted_running_var - 1) < 0.03
+assert abs(out_rv.var(0).mean().item() - variance.dropout_ratio(var_rv, mean_rv, p_rv)) < 0.02
+
+# %% [markdown]
+# ```{solution-end}
+# ```
+#
+# ```{exercise}
+# :label: ch2-ex-data-free-repair
+#
+# Design: recalibration (Fix 2) needs training images. For a BN layer right
+# behind a dropout, Eq. {eq}`eq-dropout-alone` says what its running variance
+# would have been without the dropout. Design a repair that needs no data at
+# all, only the layer's buffers and $p$; try it on the BN of the worked
+# example (`bn_example`, behind a dropout with $p = 0.5$), and say why it
+# cannot repair the deeper BN layers of the network with dropout before
+# every BN.
+# ```
+#
+# ```{solution-start} ch2-ex-data-free-repair
+# :class: dropdown
+# ```
+#
+# The running mean $\hat\mu$ is $\mathrm{E}[x]$ (dropout keeps the mean) and
+# the running variance $\hat\sigma^2$ is the training variance, so
+# Eq. {eq}`eq-dropout-alone` solved for $\operatorname{Var}[x]$ gives the
+# repaired buffer $q\,\hat\sigma^2 - p\,\hat\mu^2$. It is exact for the first
+# BN behind a dropout, whose input at test is the same as in training minus
+# the masks. A deeper BN's input at test is also missing the shortfall that
+# every earlier BN passed on (the compounding of the section on trained
+# networks): its own buffers cannot know how much, so only data can repair
+# it.
+
+# %%
+q_fix = 0.5
+repaired_bn = copy.deepcopy(bn_example)
+with torch.no_grad():
+    repaired_bn.running_var.copy_(q_fix * bn_example.running_var - (1 - q_fix) * bn_example.running_mean**2)
+    out_repaired = repaired_bn.eval()(h)
+print(f"running variance {bn_example.running_var.item():.3f} -> {repaired_bn.running_var.item():.3f} "
+      f"(Var[h] = {h.var().item():.3f}); BN output variance at test {out_test.var().item():.3f} -> "
+      f"{out_repaired.var().item():.3f}")
+assert abs(out_repaired.var().item() - 1) < 0.05
+
+# %% [markdown]
+# ```{solution-end}
+# ```
+#
+# ```{exercise}
+# :label: ch2-ex-layernorm
+#
+# Predict first: the vision transformer of chapter 6 normalizes with
+# LayerNorm, which uses each sample's own statistics in training and at test
+# alike. Put dropout with $p = 0.3$ on its embeddings (position T0, before
+# the first block). Which of its LayerNorms see a shift at their input, and
+# which pass one on at their output? Measure it with `probes.norm_shift` on
+# an untrained `transformer.ViT(dropout_at="T0", p=0.3)`, and compare with a
+# BN in the first LayerNorm's place (`probes.norm_after_dropout`).
+# ```
+#
+# ```{solution-start} ch2-ex-layernorm
+# :class: dropdown
+# ```
+#
+# Every LayerNorm sits downstream of T0, so every one sees a smaller variance
+# at test than in training at its input, the first one the most (about
+# Eq. {eq}`eq-dropout-alone`), the later ones diluted by the blocks' branches.
+# None passes it on: each normalizes every sample by its own variance, so its
+# output is the same in both phases. A BN in the same place keeps the shift,
+# because it divides by the running variance of training.
+
+# %%
+repro.seed_everything(6)
+vit = transformer.ViT(dropout_at="T0", p=0.3)
+ln_shift = probes.norm_shift(vit, x_test, seed=6)
+bn_in_place = probes.norm_after_dropout("batch", 0.3, batch=2_000, seed=6)
+print("Δ at each LayerNorm's input: ", np.round([s.input_ratio for s in ln_shift], 3))
+print("Δ at each LayerNorm's output:", np.round([s.output_ratio for s in ln_shift], 4))
+print(f"a BN behind the same dropout: Δ {bn_in_place.input_ratio:.3f} at its input, "
+      f"{bn_in_place.output_ratio:.3f} at its output")
+assert ln_shift[0].input_ratio < 0.75 and all(s.input_ratio < 1 for s in ln_shift)
+assert all(abs(s.output_ratio - 1) < 0.01 for s in ln_shift)
+assert bn_in_place.output_ratio < 0.75
 
 # %% [markdown]
 # ```{solution-end}
