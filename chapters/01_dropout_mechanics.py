@@ -1129,8 +1129,8 @@ assert abs(delta_classic / delta_inverted - 1) < 5 * rel_se_ex + 5 * math.sqrt(2
 # ```{exercise}
 # :label: ch1-ex-mc-passes
 #
-# For the MLP of section 5 with one dropout before its output layer, how
-# many MC passes $T$ are needed before the averaged logits are within 0.1 of
+# Predict first: for the MLP of section 5 with one dropout before its output
+# layer, how many MC passes $T$ are needed before the averaged logits are within 0.1 of
 # the eval-mode logits (mean absolute difference)? Predict $T$ from the
 # noise-only formula, then check it with fresh passes.
 # ```
