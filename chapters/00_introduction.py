@@ -75,55 +75,20 @@ if importlib.util.find_spec("droplab") is None:
 
 # %%
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 from torch import nn
 
-from droplab import metrics, plots, records, repro, scale
+from droplab import compare, experiments, plots, records, repro, scale
 
 print(repro.banner())
 
 # %% [markdown]
-# ## The answer so far, from this book's own runs
+# The chapter teaches three things before it shows any result: the
+# notation, the positions the book compares, and how to read a verdict.
+# Then comes the answer so far, from the book's own runs.
 #
-# Before any theory, the evidence. The figure shows what one dropout layer
-# ($p = 0.1$) at each of the eight positions inside every residual block of
-# a small PreResNet did to its test accuracy on Fashion-MNIST, against the
-# same network without dropout: the paired difference over five seeds, with
-# its 95 % confidence interval. The runs were made where dropout *can*
-# help: without dropout the network fits its 1,000 training images and
-# does clearly worse on new ones. They are committed run records, loaded
-# here with their provenance; chapter 3 explains the regime, the positions
-# and the paper these numbers test.
-
-# %%
-POSITIONS = [f"P{i}" for i in range(8)]
-recs = records.check_records("residual", "class", 5, only=["none", *POSITIONS])
-rows = {r.config: r for r in records.table(recs)}
-hurts = [c for c in POSITIONS if metrics.resolved_sign(rows[c].diff, rows[c].diff_ci95) < 0]
-helps = [c for c in POSITIONS if metrics.resolved_sign(rows[c].diff, rows[c].diff_ci95) > 0]
-none = [r for r in recs if r["config"]["name"] == "none"]
-print(f"{len(recs)} records, {recs[0]['provenance']['device_name']}, commit "
-      f"{recs[0]['provenance']['git_commit']}; no dropout: train "
-      f"{100 * sum(r['final_train_acc'] for r in none) / len(none):.1f} %, test "
-      f"{100 * sum(r['final_test_acc'] for r in none) / len(none):.1f} %")
-with plots.style():
-    fig, ax = plots.figure(f"Dropout in every residual block: {', '.join(hurts) or 'no position'} resolved as "
-                           f"harmful, {', '.join(helps) or 'none'} as helpful",
-                           "dropout position", "test accuracy minus no dropout (points)")
-    plots.differences_with_ci(ax, POSITIONS, [100 * rows[c].diff for c in POSITIONS],
-                              [100 * rows[c].diff_ci95 for c in POSITIONS], highlight=["P5", "P6"])
-plt.show()
-
-# %% [markdown]
-# Check: the title is computed from the intervals, and the baseline the
-# differences are taken from really overfits (train − test of at least 5
-# points), so a position that helped would have had room to show it.
-
-# %%
-assert all(r["final_train_acc"] - r["final_test_acc"] >= 0.05 for r in none)
-assert set(hurts).isdisjoint(helps) and all(rows[c].n_paired == 5 for c in POSITIONS)
-
-# %% [markdown]
+# (notation)=
 # ## Notation: `p` drops, `q` keeps
 #
 # PyTorch's `nn.Dropout(p)` *drops* each unit with probability $p$ and scales
@@ -156,7 +121,8 @@ print(f"mean before: {x.mean().item():.4f}   mean after: {dropped.mean().item():
 # The dropped fraction is $p$ and the mean is unchanged, up to sampling
 # error. The check below allows five standard errors of each estimate.
 
-# %%
+# %% tags=["hide-cell"]
+# Check: p of the units dropped, the mean kept, and the identity in eval mode.
 n = x.numel()
 q = 1 - p
 se_fraction = (p * q / n) ** 0.5
@@ -170,19 +136,22 @@ assert torch.equal(nn.Dropout(p=p).eval()(x), x), "in eval mode dropout is the i
 # evaluation. Chapter 1 measures by how much; chapters 2–4 follow what that
 # does to the BN layers behind it.
 #
+# (positions)=
 # ## The positions this book compares
 #
 # Inside a pre-activation residual block {cite:p}`he2016identity`,
 # {cite:t}`kim2023dropout` name eight places for one dropout layer, P0–P7, and
 # in the classification head seven more, H1–H7. The library builds a model
 # with dropout at any of them by name, e.g.
-# `PreResNet(20, dropout_at="P6", head_dropout_at="H4")`.
+# `PreResNet(20, dropout_at="P6", head_dropout_at="H4")`. The two diagrams
+# are drawn from the same layouts the networks are built from; the
+# highlighted position is where the paper's guideline puts dropout.
 
-# %%
-fig = plots.position_diagram("preresnet")
+# %% mystnb={"image": {"alt": "Diagram of a pre-activation residual block: the input x splits into the identity shortcut and a branch of BN, ReLU, Conv, BN, ReLU, Conv, joined by an addition; the dropout positions P0 to P7 are marked on the arrows, P0 on the input before the split, and P6, the Guideline 1 position, is highlighted."}}
+fig = plots.position_diagram("preresnet", highlight="guideline")
 
-# %%
-fig = plots.position_diagram("head")
+# %% mystnb={"image": {"alt": "Diagram of the classification head: features pass through a 1x1 conv, BN, an activation, global average pooling, a fully connected layer and softmax to the prediction; the dropout positions H1 to H7 are marked on the arrows, and H4, before global average pooling (Guideline 2), is highlighted."}}
+fig = plots.position_diagram("head", highlight="guideline")
 
 # %% [markdown]
 # | name | where, in the residual block | name | where, in the head |
@@ -196,10 +165,192 @@ fig = plots.position_diagram("head")
 # | P6 | after the second ReLU, before Conv2 ({prf:ref}`guideline-1`) | H7 | after softmax, on the probabilities |
 # | P7 | after Conv2, before the addition | | |
 #
+# (reading-verdicts)=
+# ## How to read a verdict
+#
+# The book's accuracy results compare two configurations, say dropout at P6
+# and no dropout, and each comparison ends in one of three verdicts. This
+# section says how they are computed, on a small simulated example.
+#
+# **Paired seeds.** Each configuration is trained once per seed. Two runs
+# with the same seed start from the same initial weights and see the
+# mini-batches in the same order (and, where each seed draws its own
+# training images, the same images), so most of the luck of a run is shared
+# by the pair. We therefore compare seed by seed: for seeds
+# $1, \dots, n$ the differences $d_i = \text{acc}_i(\text{config}) -
+# \text{acc}_i(\text{baseline})$, and their mean $\bar d$.
+#
+# **The interval.** From the $n$ differences, `droplab.compare` computes a
+# 95 % confidence interval of the mean paired difference (a paired $t$
+# interval, $\bar d \pm t_{0.975,\,n-1}\, s_d/\sqrt n$, with $s_d$ the
+# standard deviation of the $d_i$) and the paired $t$-test's $p$-value.
+#
+# **The verdict.** A claim predicts which configuration is better. If the
+# interval lies entirely on the predicted side of zero, the result is
+# *resolved* and **supports** the claim; entirely on the other side, it is
+# resolved and **contradicts** it. If the interval contains zero, the
+# result is **unresolved**, and an unresolved result refutes nothing,
+# neither the claim nor its opposite: a real effect smaller than the
+# interval's half-width may well exist. What an unresolved result does say
+# depends on what the design could have detected, and that is stated *a
+# priori*, from a standard deviation known before the runs: with $n$ pairs
+# and a test at level $\alpha$, a true difference $\delta$ is found with
+# 80 % power when
+# $\delta \ge (t_{1-\alpha/2,\,n-1} + t_{0.8,\,n-1})\, \sigma_d/\sqrt n$
+# (`compare.detectable_effect`).
+#
+# **Several comparisons.** Eight positions tested against one baseline at
+# the 95 % level give eight chances of a false alarm, not one. So the
+# comparisons that answer an experiment's question are *declared* in the
+# library's registry before the runs, as its **primary contrasts**, and
+# judged together with Holm's step-down correction {cite:p}`holm1979simple`
+# (`compare.correct`): the smallest $p$-value is tested at $\alpha/m$, the
+# next at $\alpha/(m-1)$, and so on, stopping at the first that fails. Each
+# corrected interval is drawn at the level of the step that judged it, so it
+# excludes zero exactly when Holm rejects. Every other comparison is
+# **exploratory**: shown with an uncorrected 95 % interval and labelled so,
+# it can suggest the next experiment, but not settle a question.
+#
+# ### A worked example
+#
+# Ten seeds of a baseline and of three configurations, simulated here
+# rather than trained: one with a large true gain, one with a gain near the
+# edge of what ten seeds can see, and one with none. Each seed shares a
+# random offset between its four runs (the luck of its initial weights),
+# and each run adds its own noise.
+
+# %%
+rng = np.random.default_rng(10)  # the simulation's seed, picked to show a verdict that changes with the correction
+SIM_SEEDS = 10
+TRUE_GAIN = {"large": 0.015, "small": 0.006, "zero": 0.0}      # the true differences, as fractions
+RUN_SD = 0.006                                                 # the noise of one run, shared by no other run
+baseline = 0.85 + rng.normal(0, 0.015, SIM_SEEDS)              # a seed's luck: shared by its four runs
+simulated = {name: baseline + gain + rng.normal(0, RUN_SD, SIM_SEEDS) for name, gain in TRUE_GAIN.items()}
+exploratory = [compare.of_values(simulated[name], baseline, config=name, baseline="none", metric="final_test_acc",
+                                 claim=f"{name} beats none") for name in TRUE_GAIN]
+print(f"seed-to-seed spread of the baseline: {100 * baseline.std(ddof=1):.2f} points; of the paired differences: "
+      + ", ".join(f"{c.config} {100 * np.std(c.diffs, ddof=1):.2f}" for c in exploratory) + " points")
+for c in exploratory:
+    print(f"{c.name} (true {100 * TRUE_GAIN[c.config]:+.1f}): {c.text()}, p = {c.p:.3f}")
+
+# %% [markdown]
+# The baseline itself varies more from seed to seed than any of the paired
+# differences does: pairing removes the luck the two runs of a seed
+# share, which is why the intervals are narrow enough to resolve anything.
+# Judged alone, at 95 %, the large and the small gain are resolved and
+# support their claims; the zero gain is unresolved.
+
+# %% tags=["hide-cell"]
+# Check: pairing narrows the spread; alone, "large" and "small" are resolved, "zero" is not.
+assert all(np.std(c.diffs, ddof=1) < baseline.std(ddof=1) for c in exploratory)
+assert [str(c.verdict) for c in exploratory] == ["supports", "supports", "unresolved"], exploratory
+
+# %% [markdown]
+# Before any run, the simulation's design fixes what it can detect: the
+# differences have the standard deviation of one run's noise, since the
+# seed's luck cancels, so the detectable effect is known a priori, for a
+# comparison judged alone and for Holm's strictest step over three.
+
+# %%
+detectable_alone = compare.detectable_effect(RUN_SD, SIM_SEEDS)
+detectable_holm = compare.detectable_effect(RUN_SD, SIM_SEEDS, 1 - 0.05 / len(TRUE_GAIN))
+print(f"with {SIM_SEEDS} seeds, 80 % power: {100 * detectable_alone:.2f} points judged alone, "
+      f"{100 * detectable_holm:.2f} points at Holm's first step over {len(TRUE_GAIN)}")
+
+# %% [markdown]
+# The small gain sits right at the edge of what ten seeds detect alone (four
+# times in five), and below what they detect once three comparisons are
+# judged together. Now
+# declare the three as one family and correct them:
+
+# %% mystnb={"image": {"alt": "Two forest plots of the same three simulated comparisons (large, small and zero gain, each minus none, in test accuracy points) around a vertical line at zero: left, uncorrected 95 percent intervals, where the large and small gains lie right of zero; right, Holm-corrected intervals over the family of three, where the small gain's interval now reaches across zero and turns grey (unresolved)."}}
+corrected = compare.correct(exploratory)
+fig, axes = plt.subplots(1, 2, figsize=(12.8, 3.2), sharex=True)
+plots.forest(exploratory, "Judged alone (exploratory, 95 %)", ax=axes[0])
+plots.forest(corrected, f"Judged together: {sum(c.resolved != 0 for c in corrected)} of {len(corrected)} "
+             "resolved after Holm", ax=axes[1])
+plt.show()
+for c in corrected:
+    print(f"{c.name}: {c.text()}, p = {c.p:.3f}, Holm-adjusted {c.p_adjusted:.3f}")
+
+# %% [markdown]
+# Corrected, the small gain is unresolved: its adjusted $p$-value exceeds
+# 0.05 and its interval, drawn at the level of its Holm step, reaches across
+# zero. The gain is real (it was simulated), so the correction cost a true
+# finding here; that is its price for keeping the chance of any false alarm
+# in the family at 5 %. Nothing in this result says the small gain is
+# absent: only that ten seeds, asked three questions, cannot resolve it.
+# The book's chapters read their verdicts exactly this way, from records of
+# real runs.
+
+# %% tags=["hide-cell"]
+# Check: Holm only widens intervals and raises p; here it un-resolves the small gain alone.
+assert all(k.low <= c.low and k.high >= c.high and k.p_adjusted >= c.p for c, k in zip(exploratory, corrected))
+assert [str(c.verdict) for c in corrected] == ["supports", "unresolved", "unresolved"], corrected
+assert detectable_holm > TRUE_GAIN["small"] and abs(TRUE_GAIN["small"] - detectable_alone) < 0.0005
+assert corrected[1].p < 0.05 < corrected[1].p_adjusted
+
+# %% [markdown]
+# ## The answer so far, from this book's own runs
+#
+# Two experiments, read from committed run records with their provenance.
+# In the **first regime** (left) a small PreResNet fits its 1,000
+# Fashion-MNIST training images and does clearly worse on new ones, and one
+# dropout layer sat at each of P0–P7 in every block; the eight positions
+# against no dropout are judged together (Holm). The **positive control**
+# (right) asks a prior question, on validation: does *any* regularizer help
+# at all? In two regimes, long training on clean labels and training on
+# labels of which a share is wrong, augmentation and dropout at P6 face no
+# regularizer, judged together within each regime. Chapter 3 explains both.
+
+# %% mystnb={"image": {"alt": "Two forest plots. Left: the first regime, test accuracy of each position P0 to P7 minus no dropout with Holm-corrected intervals over the eight, every interval crossing zero. Right: the positive control, validation accuracy of augmentation and of P6 at p = 0.1 and 0.3 minus no regularizer, in the long and the noisy-label regimes, with Holm-corrected intervals; augmentation helps in both regimes and P6 only with noisy labels."}}
+POSITIONS = [f"P{i}" for i in range(8)]
+first = records.check_records("residual", "class", 5, only=["none", *POSITIONS])
+control = records.check_records("control", "class", 5)
+print("first regime:", records.provenance_summary(first))
+print("positive control:", records.provenance_summary(control))
+positions = compare.correct([compare.compare(first, c, "none", claim=f"{c} changes accuracy") for c in POSITIONS],
+                            family="positions")
+REGULARIZERS = ("augment", "P6-p0.1", "P6-p0.3")
+regularizers = [c for regime in ("long", "noisy") for c in compare.correct(
+    [compare.compare(control, f"{regime}-{r}", f"{regime}-none", "final_val_acc", claim=f"{r} helps")
+     for r in REGULARIZERS], family="regularizers")]
+helps = [c.config for c in regularizers if c.verdict == compare.Verdict.SUPPORTS]
+helped = {r: " and ".join(g for g in ("long", "noisy") if any(h.startswith(f"{g}-{r}") for h in helps)) or "neither"
+          for r in ("augment", "P6")}      # the regimes in which each kind of regularizer helps
+fig, axes = plt.subplots(1, 2, figsize=(12.8, 4.6))
+plots.forest(positions, f"First regime: {sum(c.resolved != 0 for c in positions)} of {len(positions)} "
+             "positions resolved", ax=axes[0], xlabel="test accuracy, position minus no dropout (points)")
+plots.forest(regularizers, f"Positive control: augmentation helps in {helped['augment']}, P6 in {helped['P6']}",
+             ax=axes[1],
+             xlabel="validation accuracy, regularizer minus none (points)")
+plt.show()
+
+# %% [markdown]
+# Where nothing regularizes, no dropout position is resolved either way:
+# that regime could only measure what dropout's noise costs. The positive
+# control finds a regime in which dropout itself helps: augmentation helps
+# in both, dropout at P6 only where labels are noisy, where networks
+# memorize wrong labels. That is where chapter 3 asks *where* dropout helps,
+# with the positions declared and corrected before the runs. The rest of
+# the book builds up to that question: chapter 1 from dropout's mechanics,
+# chapter 2 from its clash with batch normalization.
+
+# %% tags=["hide-cell"]
+# Check: the first regime overfits 1,000 images, yet no position is resolved; P6 helps with noisy labels only.
+none = [r for r in first if r["config"]["name"] == "none"]
+assert experiments.spec("residual", "none", "class").data.train_size == 1000
+assert all(r["final_train_acc"] - r["final_test_acc"] >= 0.05 for r in none)
+assert all(c.verdict == compare.Verdict.UNRESOLVED for c in positions), positions
+assert all(c.n == 5 for c in positions + regularizers)
+assert helped == {"augment": "long and noisy", "P6": "noisy"}, helps
+
+# %% [markdown]
 # ## How to read the checks
 #
 # After every claim comes a cell that asserts it on the numbers just
-# computed, with a tolerance that fits the scale. If a check fails, the
+# computed, with a tolerance that fits the scale (in the web edition these
+# cells are folded away; click to open them). If a check fails, the
 # notebook stops: the text above it is no longer true for your run, and you
 # should not trust the prose that follows. When our experiments disagree with
 # a paper, the book says so and shows the numbers.

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jupytext
 import nbformat
+import numpy as np
 import pytest
 import yaml
 
@@ -157,6 +158,74 @@ def test_chapter_renders_in_a_browser(html, source, tmp_path):
 
     pixels = mpimg.imread(shot)
     assert pixels.std() > 0.05, "the screenshot is blank"
+    if source.stem == DARK_MODE_CHAPTER:
+        figures_stay_legible_in_dark_mode(browser, flags, page, tmp_path)
+
+
+DARK_MODE_CHAPTER = "03_residual_placement"     # one chapter with many figures, seen in dark mode
+# Put before the theme's own script in <head>: pydata-sphinx-theme reads the reader's choice from
+# localStorage ("mode", "theme") into <html data-mode data-theme>. Once the page has loaded, the
+# first figure of a cell's output is scrolled into view and its box on screen written into the page.
+DARK_MODE = """<script>
+try { localStorage.setItem("mode", "dark"); localStorage.setItem("theme", "dark"); } catch (e) {}
+document.documentElement.dataset.mode = "dark";
+document.documentElement.dataset.theme = "dark";
+window.addEventListener("load", () => {
+  const img = document.querySelector(".cell_output img");
+  const box = document.createElement("pre");
+  box.id = "droplab-figure-box";
+  if (img) {
+    img.scrollIntoView({block: "center"});
+    const r = img.getBoundingClientRect();
+    box.textContent = JSON.stringify({x: r.x, y: r.y, width: r.width, height: r.height,
+                                      theme: document.documentElement.dataset.theme});
+  }
+  document.body.appendChild(box);
+});
+</script>"""
+
+
+def luminance(rgb):
+    """Relative luminance (0 black, 1 white) of RGB values in [0, 1] (Rec. 709 weights)."""
+    return 0.2126 * rgb[..., 0] + 0.7152 * rgb[..., 1] + 0.0722 * rgb[..., 2]
+
+
+def figures_stay_legible_in_dark_mode(browser: str, flags: list[str], page: Path, tmp_path: Path) -> None:
+    """In the theme's dark mode the page turns dark and a figure (a matplotlib PNG, opaque white)
+    stays a light panel with its drawing on it, clearly apart from the page around it."""
+    import html as html_text
+
+    import matplotlib.image as mpimg
+
+    dark_page = page.with_name(f"_dark_{page.name}")   # beside the page, so its relative links still resolve
+    dark_page.write_text(re.sub(r"<head[^>]*>", lambda m: m.group(0) + DARK_MODE, page.read_text(), count=1))
+    shot = tmp_path / "dark.png"
+    dark_flags = [*flags, "--force-device-scale-factor=1"]
+    try:
+        dom = subprocess.run([browser, *dark_flags, "--dump-dom", dark_page.as_uri()], check=False,
+                             capture_output=True, text=True, timeout=120).stdout
+        subprocess.run([browser, *dark_flags, f"--screenshot={shot}", dark_page.as_uri()], check=False,
+                       capture_output=True, timeout=120)
+    finally:
+        dark_page.unlink()
+    found = re.search(r'<pre id="droplab-figure-box">(.*?)</pre>', dom, flags=re.DOTALL)
+    assert found and found.group(1), f"{page.name} in dark mode: no figure in a cell's output"
+    box = json.loads(html_text.unescape(found.group(1)))
+    assert box["theme"] == "dark", f"the page did not switch to the dark theme: {box}"
+    pixels = mpimg.imread(shot)[..., :3]
+    top, left = int(box["y"]) + 4, int(box["x"]) + 4
+    bottom, right = int(box["y"] + box["height"]) - 4, int(box["x"] + box["width"]) - 4
+    assert box["width"] > 100 and box["height"] > 100, f"the figure is too small to read: {box}"
+    assert 0 <= top < bottom <= pixels.shape[0] and 0 <= left < right <= pixels.shape[1], \
+        f"the figure's box {box} is not on the {pixels.shape[1]}x{pixels.shape[0]} screenshot"
+    figure = luminance(pixels[top:bottom, left:right])
+    outside = np.ones(pixels.shape[:2], dtype=bool)
+    outside[max(0, top - 12):bottom + 12, max(0, left - 12):right + 12] = False
+    background = float(np.median(luminance(pixels)[outside]))
+    assert background < 0.3, f"the page is not dark in dark mode (median luminance {background:.2f})"
+    assert figure.mean() > 0.55, f"the figure turned dark in dark mode (mean luminance {figure.mean():.2f})"
+    assert figure.mean() - background > 0.35, "the figure does not stand apart from the dark page"
+    assert figure.std() > 0.05 and figure.min() < 0.35, "the figure's drawing (lines, text) is not visible"
 
 
 @pytest.mark.book
@@ -430,3 +499,107 @@ def test_the_book_build_records_each_notebooks_cpu_time(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     times = json.loads((tmp_path / "out" / "_build" / "notebook_seconds.json").read_text())
     assert set(times) == {"burn"} and 2.0 <= times["burn"]["cpu_seconds"] < times["burn"]["wall_seconds"] + 5
+
+
+# --------------------------------------------------------------------------- the book as a course
+
+NUMBERED = [source for source in SOURCES if re.match(r"\d\d_", source.name)]
+INSTRUCTOR = CHAPTERS / "instructor.py"
+
+
+def markdown(source: Path) -> str:
+    return "\n\n".join(src for kind, src in cells(source) if kind == "markdown")
+
+
+def test_the_instructor_page_is_in_the_toc_with_objectives_prerequisites_and_minutes():
+    assert "chapters/instructor" in toc_files(), "the instructor's page is not listed in _toc.yml"
+    text = markdown(INSTRUCTOR)
+    code = "\n".join(src for kind, src in cells(INSTRUCTOR) if kind == "code")
+    for heading in ("## Learning objectives", "## Prerequisites", "## How long each chapter takes",
+                    "## A two-week plan", "## What runs where", "## Handing out the exercises"):
+        assert heading in text, f"instructor.py has no section {heading!r}"
+    objectives = text.split("## Learning objectives", 1)[1].split("\n## ", 1)[0]
+    missing = [s.stem for s in NUMBERED if f"{{doc}}`{s.stem}`" not in objectives]
+    assert not missing, f"the learning objectives name no objective for {missing}"
+    for key in ("he2016identity", "lin2014network", "wasserman2004all", "dosovitskiy2021image"):
+        assert key in text, f"the prerequisites do not cite {key}"
+    assert "repro.chapter_timings" in code and "Measured on" in code, "the running minutes are not read from README"
+    assert "WORDS_PER_MINUTE" in code, "the reading minutes are not computed from the chapters' words"
+    assert "scripts/student_edition.py" in text and "scripts/gpu_check.sh" in text
+
+
+def test_chapter_0_teaches_notation_positions_and_verdicts_before_its_first_result():
+    """Chapter 0 shows no result from the records before the reader has the notation, the positions
+    and the way a verdict is read, and it reads its verdicts with droplab.compare."""
+    chapter = CHAPTERS / "00_introduction.py"
+    cs = cells(chapter)
+    first_result = next(i for i, (kind, src) in enumerate(cs) if kind == "code" and "records." in src)
+
+    def where(kind: str, needle: str) -> int:
+        return next(i for i, (k, src) in enumerate(cs) if k == kind and needle in src)
+
+    assert where("markdown", "(notation)=") < first_result, "the p/q notation comes after the first result"
+    assert where("code", 'position_diagram("preresnet"') < first_result, "the P0-P7 diagram comes after the result"
+    assert where("code", 'position_diagram("head"') < first_result, "the H1-H7 diagram comes after the result"
+    verdicts = where("markdown", "(reading-verdicts)=")
+    assert verdicts < first_result, "'How to read a verdict' comes after the first result"
+    worked = "\n".join(src for kind, src in cs[verdicts:first_result] if kind == "code")
+    for call in ("compare.of_values", "compare.correct", "plots.forest", "compare.detectable_effect"):
+        assert call in worked, f"the worked example of 'How to read a verdict' does not call {call}"
+    assert "metrics." not in "\n".join(src for kind, src in cs if kind == "code"), "chapter 0 uses droplab.metrics"
+
+
+EXERCISE = re.compile(r"```\{exercise\}[^\n]*\n((?::[^\n]*\n)*)\s*(\S[^\n]*)")
+
+
+@pytest.mark.parametrize("source", NUMBERED[1:], ids=lambda p: p.stem)
+def test_each_chapter_has_five_exercises_with_solutions_two_of_them_predict_first_or_design(source):
+    text = markdown(source)
+    exercises = [(re.search(r":label: (\S+)", options), prompt) for options, prompt in EXERCISE.findall(text)]
+    labels = [label.group(1) for label, _ in exercises if label]
+    assert len(exercises) >= 5, f"{source.stem} has {len(exercises)} exercises; a chapter has at least five"
+    assert len(labels) == len(exercises), f"{source.stem}: an exercise without a :label:"
+    solved = re.findall(r"```\{solution-start\} (\S+)", text)
+    unsolved = [label for label in labels if label not in solved]
+    assert not unsolved, f"{source.stem}: exercises without a solution: {unsolved}"
+    assert len(re.findall(r"```\{solution-end\}", text)) == len(solved), f"{source.stem}: a solution is not closed"
+    active = [prompt for _, prompt in exercises if prompt.startswith(("Predict first:", "Design:"))]
+    assert len(active) >= 2, (f"{source.stem} has {len(active)} exercises whose prompt starts with "
+                              f"'Predict first:' or 'Design:'; a chapter has at least two")
+
+
+# a code cell draws if it calls matplotlib's pyplot or a droplab.plots function that makes a figure
+DRAWS = re.compile(r"\bplt\.\w+\(|\bplots\.(?:figure|forest|position_diagram)\(")
+# chapters whose figure cells still lack alt text; empty it as they get it
+WITHOUT_ALT_TEXT = {"01_dropout_mechanics", "02_bn_variance_shift", "05_claims_tested", "06_beyond_batch_norm"}
+
+
+def figures_without_alt_text(source: Path) -> list[int]:
+    """The figure cells of a chapter (numbered among its cells) without mystnb image alt text."""
+    notebook = jupytext.read(source)
+    return [i for i, c in enumerate(notebook.cells)
+            if c.cell_type == "code" and DRAWS.search(c.source)
+            and not str(c.metadata.get("mystnb", {}).get("image", {}).get("alt", "")).strip()]
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_every_figure_has_alt_text(source):
+    """A reader who cannot see a figure reads its alt text: every cell that draws carries
+    `mystnb={"image": {"alt": "..."}}` saying what the figure shows and finds."""
+    if source.stem in WITHOUT_ALT_TEXT:
+        pytest.skip(f"{source.stem} is listed in WITHOUT_ALT_TEXT")
+    missing = figures_without_alt_text(source)
+    assert not missing, f"{source.stem}: the figure cells {missing} have no mystnb image alt text"
+
+
+def test_without_alt_text_lists_only_chapters_that_still_lack_it():
+    done = [stem for stem in sorted(WITHOUT_ALT_TEXT) if not figures_without_alt_text(CHAPTERS / f"{stem}.py")]
+    assert not done, f"{done} have alt text on every figure now: remove them from WITHOUT_ALT_TEXT"
+
+
+def test_every_citation_is_in_the_bibliography():
+    keys = set(re.findall(r"^@\w+\{([^,\s]+),", (ROOT / "references.bib").read_text(), flags=re.MULTILINE))
+    pages = [ROOT / f"{entry}{ext}" for entry in toc_files() for ext in (".py", ".md")]
+    cited = {key.strip() for p in pages if p.exists()
+             for keys_ in re.findall(r"\{cite:[tp]s?\}`([^`]+)`", p.read_text()) for key in keys_.split(",")}
+    assert cited - keys == set(), f"cited but not in references.bib: {sorted(cited - keys)}"

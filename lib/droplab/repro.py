@@ -6,9 +6,10 @@ import datetime as _dt
 import os
 import platform
 import random
+import re
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -148,3 +149,55 @@ def repository_url(config: str | Path | None = None) -> str:
             if url:
                 return url
     raise ValueError(f"{config} names no repository: add `repository:` with `url: https://github.com/OWNER/NAME`")
+
+
+class ChapterTimings(NamedTuple):
+    """The measured running times of the chapters (README's table, written by
+    ``scripts/time_chapters.py``): seconds per chapter and scale (None where not measured), and
+    the machine they were measured on (the table's "Measured on:" line)."""
+
+    seconds: dict[str, dict[str, float | None]]
+    measured_on: str
+
+
+TIMINGS_START, TIMINGS_END = "<!-- chapter-timings -->", "<!-- /chapter-timings -->"
+
+
+def _seconds(cell: str) -> float | None:
+    """``"8 s"``, ``"2.4 min"`` or ``"–"`` (not measured) as seconds."""
+    match = re.fullmatch(r"([0-9.]+) (s|min)", cell.strip())
+    if match is None:
+        if cell.strip() in ("–", "-", ""):
+            return None
+        raise ValueError(f"a chapter time must read like '8 s', '2.4 min' or '–'; got {cell!r}")
+    return float(match[1]) * (60.0 if match[2] == "min" else 1.0)
+
+
+def chapter_timings(readme: str | Path | None = None) -> ChapterTimings:
+    """The chapter timings table between the ``chapter-timings`` markers of ``readme`` (by default
+    the README.md beside the book's ``_config.yml``, found as :func:`repository_url` finds it):
+    for each chapter its seconds at each scale the table has columns for (smoke, class)."""
+    if readme is None:
+        readme = Path(__file__).resolve().parents[2] / "README.md"   # the checkout droplab is installed from
+        if not readme.is_file():
+            here = Path.cwd().resolve()
+            readme = next((d / "README.md" for d in (here, *here.parents) if (d / "_config.yml").is_file()), readme)
+    text = Path(readme).read_text()
+    if TIMINGS_START not in text or TIMINGS_END not in text:
+        raise ValueError(f"{readme} has no chapter timings between {TIMINGS_START} and {TIMINGS_END}: "
+                         f"run `python scripts/time_chapters.py`")
+    block = text.split(TIMINGS_START, 1)[1].split(TIMINGS_END, 1)[0]
+    lines = [line.strip() for line in block.strip().splitlines()]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    scales = header[1:]
+    seconds = {}
+    for line in lines[2:]:
+        match = re.fullmatch(r"\| `([^`]+)` \|(.*)\|", line)
+        if match:
+            cells = [c.strip() for c in match[2].split("|")]
+            seconds[match[1]] = {s: _seconds(c) for s, c in zip(scales, cells)}
+    measured = next((line.removeprefix("Measured on:").strip().rstrip(".") for line in lines
+                     if line.startswith("Measured on:")), "")
+    if not seconds or not measured:
+        raise ValueError(f"the chapter timings of {readme} need one row per chapter and a 'Measured on:' line")
+    return ChapterTimings(seconds, measured)
