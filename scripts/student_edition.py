@@ -116,11 +116,16 @@ def strip_solutions(nb: nbformat.NotebookNode, chapter: str) -> tuple[nbformat.N
     return edition, removed
 
 
+FOR_INSTRUCTORS = {"instructor"}   # pages of the toc the student edition leaves out
+
+
 def chapter_notebooks() -> list[Path]:
-    """The chapter notebooks of _toc.yml (the .ipynb twins), in reading order."""
+    """The chapter notebooks of _toc.yml (the .ipynb twins), in reading order, without the instructor's
+    page (it is for the instructor, not the class)."""
     from sphinx_external_toc.parsing import parse_toc_yaml
 
-    return [ROOT / f"{e}.ipynb" for e in parse_toc_yaml(ROOT / "_toc.yml") if (ROOT / f"{e}.ipynb").exists()]
+    return [ROOT / f"{e}.ipynb" for e in parse_toc_yaml(ROOT / "_toc.yml")
+            if (ROOT / f"{e}.ipynb").exists() and Path(e).name not in FOR_INSTRUCTORS]
 
 
 def main(argv: list[str] | None = None) -> int:

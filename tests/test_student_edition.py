@@ -16,6 +16,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "student_edition.py"
+INSTRUCTOR = ROOT / "chapters" / "instructor.ipynb"
+
+
 def toc_notebooks() -> list[Path]:
     """The book's notebooks: the entries of _toc.yml that have an .ipynb twin, in reading order."""
     from sphinx_external_toc.parsing import parse_toc_yaml
@@ -23,7 +26,7 @@ def toc_notebooks() -> list[Path]:
     return [ROOT / f"{e}.ipynb" for e in parse_toc_yaml(ROOT / "_toc.yml") if (ROOT / f"{e}.ipynb").exists()]
 
 
-CHAPTERS = toc_notebooks()
+CHAPTERS = [nb for nb in toc_notebooks() if nb != INSTRUCTOR]
 EXERCISE = re.compile(r"\{exercise\}[^\n]*\n:label: (\S+)")
 SOLUTION = re.compile(r"```\{solution-start\}.*?```\{solution-end\}\n```", re.DOTALL)
 
@@ -44,6 +47,10 @@ def edition(tmp_path_factory) -> Path:
 def test_there_is_one_student_notebook_per_chapter(edition):
     assert sorted(p.name for p in edition.glob("*.ipynb")) == sorted(p.name for p in CHAPTERS)
     assert any(p.name.startswith("06_") for p in CHAPTERS)
+
+
+def test_the_instructors_page_stays_with_the_instructor(edition):
+    assert INSTRUCTOR in toc_notebooks() and not (edition / INSTRUCTOR.name).exists()
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
