@@ -1035,10 +1035,12 @@ assert abs(r["H5"] / r["H4"] / 2 - 1) < 2 * REL_TOL
 # ```{exercise}
 # :label: ch4-ex-h6-by-hand
 #
-# A network is confident and right: its logits for ten classes are
-# $z = (6, 2, 0, \dots, 0)$ and the correct class is the first. Dropout with
-# $p = 0.1$ sits at H6. Compute by hand the loss when no logit is dropped and
-# when only the correct logit is dropped, and compare both with $\log 10$.
+# Predict first: a network is confident and right; its logits for ten
+# classes are $z = (6, 2, 0, \dots, 0)$, the correct class is the first, and
+# dropout with $p = 0.1$ sits at H6. Is its loss when only the correct logit
+# is dropped closer to 0 or to $\log 10$? Then compute by hand the loss when
+# no logit is dropped and when only the correct logit is dropped, and
+# compare both with $\log 10$.
 # Then check with `F.cross_entropy`.
 # ```
 #
@@ -1109,7 +1111,7 @@ assert torch.allclose(grad_h7, grad_ce, rtol=1e-3, atol=1e-5 * grad_ce.abs().max
 # ```{exercise}
 # :label: ch4-ex-plan-h4h5
 #
-# Design the next study: the paper's eight H4 − H5 differences (section 6)
+# Design: the paper's eight H4 − H5 differences (section 6)
 # are a few tenths of a point. Plan a study that could settle whether H4
 # beats H5 by the paper's median difference: using the standard deviation
 # of the paired H4 − H5 differences of the placement study as the planning
