@@ -41,9 +41,10 @@
 # 3. DropPath as dropout of the whole branch, beside P6 and P7.
 # 4. Early dropout {cite:p}`liu2023dropout`: dropout for the first epochs only.
 #
-# Notation as everywhere in the book: `p` drops, $q = 1 - p$ keeps, and
-# $\Delta = \mathrm{Var}_\text{inference}/\mathrm{Var}_\text{training}$ is
-# the inconsistency ratio of chapter 2 (Kim et al., Definition 2).
+# Notation ($p$, $q$, $\Delta$) as in {ref}`notation`. None of the
+# experiments read here declared primary contrasts before its runs, so every
+# accuracy comparison in this chapter is exploratory; the ones it judges are
+# corrected for multiplicity, one family per experiment (section 1 says how).
 
 # %% tags=["hide-input"]
 # Where droplab is not installed yet, install it: from the checkout of the book around this notebook
@@ -67,6 +68,7 @@ import pandas as pd
 import torch
 
 from droplab import (
+    compare,
     experiments,
     inconsistency,
     metrics,
@@ -110,10 +112,10 @@ print(f"module tests: p {P_MODULE}, batch {BATCH:,}; trained networks at {SC} sc
 #
 # Put dropout right before a normalization layer, on a feature $x$ with
 # mean $\mu$ and variance $\sigma^2$. In training the layer receives
-# $z = m x / q$ with $m \sim \text{Bernoulli}(q)$; by Eq. 6
+# $z = m x / q$ with $m \sim \text{Bernoulli}(q)$, and (Kim et al., Eq. 6)
 #
 # $$\mathrm{Var}_\text{train}[z] = \frac{\sigma^2}{q} + \frac{1 - q}{q}\,\mu^2,
-# \qquad \Delta_\text{in} = \frac{\sigma^2}{\sigma^2/q + \mu^2 (1-q)/q} < 1 .$$
+# \qquad \Delta_\text{in} = \frac{\sigma^2}{\sigma^2/q + \mu^2 (1-q)/q} < 1 .$$ (ch6-eq-dropout-shift)
 #
 # That much is dropout's doing and holds whatever normalization follows.
 # What the layer makes of it depends on the statistics it divides by:
@@ -169,7 +171,7 @@ module_frame = pd.DataFrame([{
     "Δ output, formula": f"{V.norm_output_ratio(norm, VAR_X, MEAN_X, p):.4f}"} for (norm, p), r in module.items()])
 metrics.styled(module_frame, "Dropout right before a normalization: Δ at its input and at its output")
 
-# %%
+# %% mystnb={"image": {"alt": "The inconsistency ratio Delta at a normalization layer's output against the drop probability p from 0 to 0.6, formula lines and measured dots for BN, GroupNorm and LayerNorm: BN's Delta falls below 1 as p grows, GroupNorm's and LayerNorm's stay at exactly 1."}}
 with plots.style():
     fig, ax = plots.figure("The shift passes a BN and stops at GroupNorm and LayerNorm",
                            "drop probability p", "Δ at the normalization's output")
@@ -183,11 +185,12 @@ with plots.style():
 plt.show()
 
 # %% [markdown]
-# Checks: at every $p$ and for every norm the measured input ratio matches
-# Eq. 6 within 1 %; a BN's output keeps it (within 1 %), GroupNorm's and
-# LayerNorm's outputs have $\Delta = 1$ within 0.1 %.
+# At every $p$ and for every norm the measured input ratio matches
+# {eq}`ch6-eq-dropout-shift` within 1 %; a BN's output keeps it (within
+# 1 %), GroupNorm's and LayerNorm's outputs have $\Delta = 1$ within 0.1 %.
 
-# %%
+# %% tags=["hide-cell"]
+# Check: input ratios on the formula within 1 %, BN's output keeps it, GN's and LN's are 1.
 for (norm, p), r in module.items():
     assert abs(r.input_ratio / V.dropout_ratio(VAR_X, MEAN_X, p) - 1) < 0.01, (norm, p, r)
     assert abs(r.output_ratio / V.norm_output_ratio(norm, VAR_X, MEAN_X, p) - 1) < (0.01 if norm == "batch" else 0.001), (norm, p, r)
@@ -212,7 +215,7 @@ for norm, run in trained.items():
     print(f"{norm}: {run.train_seconds:.0f} s to train, {len(shifts[norm])} normalization layers")
 print(trained["group"].model.blocks[0].branch)
 
-# %%
+# %% mystnb={"image": {"alt": "Two panels, a PreResNet with BN and one with GroupNorm, both with dropout at P4: Delta at the input and at the output of every normalization layer in forward order, triangles marking the norms right after a dropout; with BN the output keeps the input's shift below 1, with GroupNorm every output sits at 1."}}
 with plots.style():
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
     for ax, norm in zip(axes, ("batch", "group")):
@@ -232,7 +235,7 @@ with plots.style():
 plt.show()
 
 # %% [markdown]
-# Checks. In both networks the norms right after a dropout see a shift at
+# In both networks the norms right after a dropout see a shift at
 # their input ($\Delta_\text{in} < 1$). In the BN network their output
 # keeps it (within 0.03 at class scale; at `smoke` scale the networks
 # train for one epoch, the BN network's running statistics are far from
@@ -247,6 +250,9 @@ plt.show()
 after = {norm: [r for r in s if r.after_dropout] for norm, s in shifts.items()}
 summary = {norm: (np.mean([r.input_ratio for r in a]), np.mean([r.output_ratio for r in a])) for norm, a in after.items()}
 print({norm: f"input {i:.3f}, output {o:.3f}" for norm, (i, o) in summary.items()})
+
+# %% tags=["hide-cell"]
+# Check: a shift at every post-dropout norm's input; BN passes it on, GroupNorm's outputs are at 1.
 assert all(len(a) == len(trained[norm].model.blocks) for norm, a in after.items()), after
 for norm in ("batch", "group"):
     assert summary[norm][0] < 0.97, (norm, summary[norm])
@@ -262,8 +268,8 @@ assert all(abs(r.output_ratio - 1) < 0.001 for r in shifts["group"]), [r.output_
 # it in chapter 3's regime (1,000 training images): dropout with $p = 0.1$
 # at P4 (right before the second norm of every block) or at P6 (after it),
 # in the PreResNet-8 with BN and in the same network with GroupNorm, each
-# against its own no-dropout network, recorded with
-# `python -m droplab.sweep run norm --scale class --seeds 5 --workers 2 --precision fp32`.
+# against its own no-dropout network (records committed; how they were
+# made: {doc}`appendix_reproducing`).
 # With chapter 3's 25 epochs the GroupNorm network fits its training
 # images more slowly than the BN network and does not fit them (the
 # no-dropout training accuracies are printed below), so the experiment also
@@ -271,76 +277,101 @@ assert all(abs(r.output_ratio - 1) < 0.001 for r in shifts["group"]), [r.output_
 # GroupNorm network that fits, is the one that matters, so it has ten
 # paired seeds; GroupNorm at 25 epochs has five. (It compares networks
 # trained for 25 and for 50 epochs: each in its own fitting regime, not
-# with the same training length.)
+# with the same training length.) The table gives each network's test
+# accuracy and its difference from its own no-dropout network, with
+# uncorrected 95 % intervals (exploratory).
 
 # %%
 NORM_NETS = {"BN": "", "GroupNorm, 25 epochs": "group-", "GroupNorm, 50 epochs": "group-e50-"}
 NORM_SEEDS = {"BN": 2 * SEEDS, "GroupNorm, 25 epochs": SEEDS, "GroupNorm, 50 epochs": 2 * SEEDS}
 norm_recs = [r for net, pre in NORM_NETS.items() for r in records.check_records(
     "norm", "class", NORM_SEEDS[net], only=[pre + c for c in ("none", "P4", "P6")])]
-norm_rows = {r.config: r for r in records.table(norm_recs)}
 norm_epochs = {c: experiments.spec("norm", c, "class")["recipe"]["epochs"] for c in ("none", "group-none", "group-e50-none")}
-assert norm_epochs == {"none": 25, "group-none": 25, "group-e50-none": 50}, norm_epochs
-print(records.provenance_summary(norm_recs))
 norm_fit = {c: [r["final_train_acc"] for r in norm_recs if r["config"]["name"] == c]
             for c in ("none", "group-none", "group-e50-none")}
 print("no-dropout training accuracy: " + ", ".join(f"{c} {100 * np.mean(v):.1f} %" for c, v in norm_fit.items()))
-metrics.styled(records.table_frame(list(norm_rows.values())),
-               "PreResNet-8 with BN and with GroupNorm (25 and 50 epochs): test accuracy, paired difference "
-               "from the same network without dropout (95 % CI over the seeds n)")
+metrics.styled(compare.results_frame(norm_recs),
+               "PreResNet-8 with BN and with GroupNorm (25 and 50 epochs): test accuracy, and the difference "
+               "from the same network without dropout (95 % intervals over the seeds, exploratory)")
 
 # %% [markdown]
-# The question is about a difference of differences: how much P4 loses
-# against P6 with BN, against how much it loses with GroupNorm. The seeds
-# are paired across all the networks (seed $k$ sees the same mini-batches
-# everywhere), so the interaction is also taken seed by seed.
+# **One family per experiment.** No comparison of the `norm` records was
+# declared before the runs, so all are exploratory; but a chapter that
+# judges eleven comparisons at the 5 % level each would, with no effect
+# anywhere, resolve about one in two such sets somewhere by chance. So
+# every comparison this chapter judges from one experiment's records
+# belongs to one family, and the family is corrected together by Holm's
+# method (`compare.correct`, as in chapter 3): each interval is drawn at
+# the level of the Holm step that judged it, and it excludes zero exactly
+# when Holm's adjusted $p$ is below 5 %. For `norm` the family has eleven
+# members: each dropout network against its own no-dropout network (six),
+# P4 against P6 in each network (three), and the question itself, a
+# difference of differences: how much P4 loses against P6 with GroupNorm,
+# minus how much it loses with BN (two). The seeds are paired across all the
+# networks (seed $k$ sees the same mini-batches everywhere), so the
+# interaction is taken seed by seed too (`compare.of_values`).
 
-# %%
-norm_cmp = {net: records.paired_differences(norm_recs, f"{pre}P4", f"{pre}P6") for net, pre in NORM_NETS.items()}
-for net in ("GroupNorm, 25 epochs", "GroupNorm, 50 epochs"):
-    norm_cmp[f"{net} minus BN"] = {s: norm_cmp[net][s] - norm_cmp["BN"][s] for s in norm_cmp[net]}
-norm_stats = {k: (*metrics.mean_ci95(list(d.values())), metrics.minimum_detectable_effect(list(d.values())))
-              for k, d in norm_cmp.items()}
-with plots.style():
-    fig, ax = plots.figure("P4 minus P6: the cost of dropout right before the norm",
-                           "network, and the interaction (mean and 95% CI over the paired seeds)", "difference (points)")
-    plots.differences_with_ci(ax, [k.replace("GroupNorm, ", "GN, ").replace(" epochs", " ep.").replace(" minus ", "\n− ")
-                                   for k in norm_stats],
-                              [100 * m for m, _, _ in norm_stats.values()], [100 * c for _, c, _ in norm_stats.values()])
-    ax.tick_params(axis="x", labelsize=8)
+# %% mystnb={"image": {"alt": "Forest plot of the norm experiment's eleven comparisons, with Holm-corrected intervals coloured by verdict around a vertical line at zero: each dropout network minus its no-dropout network (BN, GroupNorm at 25 and at 50 epochs), P4 minus P6 in each, and the two interactions, GroupNorm's P4 minus P6 minus BN's; with BN, P4 lies below no dropout, and only the interaction at 25 epochs lies above zero."}}
+norm_p4p6 = {net: compare.compare(norm_recs, f"{pre}P4", f"{pre}P6", claim=f"{net}: P4 loses to P6", sign=-1)
+             for net, pre in NORM_NETS.items()}
+norm_inter = {}
+for net, short in (("GroupNorm, 25 epochs", "GN-25"), ("GroupNorm, 50 epochs", "GN-50")):
+    seeds = list(norm_p4p6[net].seeds)
+    bn_diff = dict(zip(norm_p4p6["BN"].seeds, norm_p4p6["BN"].diffs))
+    norm_inter[net] = compare.of_values(norm_p4p6[net].diffs, [bn_diff[s] for s in seeds], seeds=seeds,
+                                        config=f"{short} (P4 − P6)", baseline="BN (P4 − P6)", metric="final_test_acc",
+                                        claim=f"{net}: P4 loses less to P6 than with BN", sign=+1)
+norm_family = compare.correct([*compare.against_baselines(norm_recs), *norm_p4p6.values(), *norm_inter.values()],
+                              family="norm comparisons")
+norm_by = {c.name: c for c in norm_family}
+fig, ax = plots.forest(norm_family, f"norm: {sum(c.resolved != 0 for c in norm_family)} of {len(norm_family)} "
+                       "comparisons resolved after Holm", xlabel="test accuracy difference (points)")
 plt.show()
-for k, (m, c, mde) in norm_stats.items():
-    print(f"{k}: {metrics.pm(m, c, signed=True)} points over {len(norm_cmp[k])} seeds "
-          f"(smallest detectable {100 * mde:.2f})")
+
+# %% tags=["hide-output"]
+metrics.styled(compare.frame(norm_family).assign(declared="no (exploratory)"),
+               "The norm experiment's family, Holm over 11: test accuracy (points)")
 
 # %% [markdown]
-# Checks, and what they say. The BN network and the GroupNorm network
-# trained for 50 epochs fit their training images (97 % or more on average)
-# and generalize worse (at least 5 points lower on the test split); at 25
-# epochs the GroupNorm network fits under 90 %, and both its dropout
-# positions lie below its no-dropout network on average there (not
-# resolved). With BN, P4 loses to P6
-# (the interval excludes zero), as chapters 2–3 predict. The interaction,
-# how much *less* P4 loses to P6 with GroupNorm than with BN, is resolved
-# above zero only at 25 epochs, where GroupNorm underfits. Where GroupNorm
-# fits (50 epochs), P4's cost against P6 is smaller on average than with BN,
-# but neither it nor the interaction is resolved: both intervals contain
-# zero, so ten seeds cannot tell whether the cost of dropout before a
-# GroupNorm is smaller. (The smallest detectable difference printed above
-# is the true difference these seeds would have found four times in five.)
+# The BN network and the GroupNorm network trained for 50 epochs fit their
+# training images (97 % or more on average) and generalize worse (at least
+# 5 points lower on the test split); at 25 epochs the GroupNorm network
+# fits under 90 %, and both its dropout positions lie below its no-dropout
+# network on average there (not resolved).
+#
+# What survives the correction. With BN, dropout at P4 costs accuracy
+# against no dropout (resolved below zero), while P6 is not resolved from
+# it. But the direct contrast, P4 against P6 with BN, is not resolved once
+# it is judged with the other ten: alone its $p$ is below 0.05, Holm's
+# adjusted $p$ is above. So "P4 loses to P6" is
+# **unresolved** here, and chapters 2–3's prediction is supported only in
+# the weaker form "P4 loses to no dropout". The interaction, how much
+# *less* P4 loses to P6 with GroupNorm than with BN, is resolved above
+# zero only at 25 epochs, where GroupNorm underfits. Where GroupNorm fits
+# (50 epochs), P4's cost against P6 is smaller on average than with BN, but
+# neither it nor the interaction is resolved: ten seeds cannot tell whether
+# the cost of dropout before a GroupNorm is smaller.
 
-# %%
-norm_sign = {k: metrics.resolved_sign(m, c) for k, (m, c, _) in norm_stats.items()}
+# %% tags=["hide-cell"]
+# Check: the regimes, and the verdicts the text states, after Holm over the family of 11.
 norm_gap = {c: min(r["final_train_acc"] - r["final_test_acc"] for r in norm_recs if r["config"]["name"] == c)
             for c in ("none", "group-e50-none")}
-print(norm_sign)
-assert all(norm_rows[pre + c].n == NORM_SEEDS[net] and norm_rows[pre + c].diverged == 0
-           for net, pre in NORM_NETS.items() for c in ("none", "P4", "P6")), norm_rows
+norm_verdicts = {c.name: str(c.verdict) for c in norm_family}
+assert norm_epochs == {"none": 25, "group-none": 25, "group-e50-none": 50}, norm_epochs
+seeds_of = {pre + c: NORM_SEEDS[net] for net, pre in NORM_NETS.items() for c in ("none", "P4", "P6")}
+assert all(s.n == seeds_of[s.config] and s.diverged == 0 for s in compare.summarize(norm_recs))
 assert all(np.mean(norm_fit[c]) >= 0.97 and norm_gap[c] >= 0.05 for c in ("none", "group-e50-none")), (norm_fit, norm_gap)
-assert np.mean(norm_fit["group-none"]) < 0.90 and norm_rows["group-P4"].diff < 0 and norm_rows["group-P6"].diff < 0
-assert norm_sign == {"BN": -1, "GroupNorm, 25 epochs": 0, "GroupNorm, 50 epochs": 0,
-                     "GroupNorm, 25 epochs minus BN": 1, "GroupNorm, 50 epochs minus BN": 0}, norm_sign
-assert norm_stats["BN"][0] < norm_stats["GroupNorm, 50 epochs"][0] < 0
+assert np.mean(norm_fit["group-none"]) < 0.90
+assert norm_by["group-P4 − group-none"].mean < 0 and norm_by["group-P6 − group-none"].mean < 0
+assert len(norm_family) == 11 and all(c.correction == "Holm over 11 norm comparisons" for c in norm_family)
+assert norm_verdicts == {
+    "P4 − none": "contradicts", "P6 − none": "unresolved", "group-P4 − group-none": "unresolved",
+    "group-P6 − group-none": "unresolved", "group-e50-P4 − group-e50-none": "unresolved",
+    "group-e50-P6 − group-e50-none": "unresolved", "P4 − P6": "unresolved", "group-P4 − group-P6": "unresolved",
+    "group-e50-P4 − group-e50-P6": "unresolved", "GN-25 (P4 − P6) − BN (P4 − P6)": "supports",
+    "GN-50 (P4 − P6) − BN (P4 − P6)": "unresolved"}, norm_verdicts
+assert norm_p4p6["BN"].p < 0.05 < norm_by["P4 − P6"].p_adjusted
+assert norm_p4p6["BN"].mean < norm_p4p6["GroupNorm, 50 epochs"].mean < 0
 
 # %% [markdown]
 # ## 2. The pre-LN transformer block
