@@ -569,12 +569,12 @@ assert p0_family[0].config == "P0" and p0_family[0].mean < 0 and p0_family[0].re
 # DropPath's $\Delta$ at the next BN is exactly P7's. From the second block
 # on, the next layer's weights mix elements whose correlation within a
 # sample differs between the two, and they agree in expectation over
-# zero-mean weights, like Proposition 2's tie of P6 and P7. Eq. 31 of
-# chapter 3 gives the shift of a stack of $l$ blocks with dropout at the
-# end of each branch,
+# zero-mean weights, like Proposition 2's tie of P6 and P7. Chapter 3
+# derived the shift of a stack of $l$ blocks with dropout at the end of
+# each branch (Kim et al., Eq. 31):
 #
 # $$\Delta(x_l) = \frac{\mathrm{Var}[x_0] + \frac{\pi - 1}{\pi} S}{\mathrm{Var}[x_0] + \frac{\pi/q - 1}{\pi} S},
-# \qquad S = \textstyle\sum_i \gamma_i^2 .$$
+# \qquad S = \textstyle\sum_i \gamma_i^2 .$$ (ch6-eq-residual-depth)
 #
 # The module test of chapter 3, `inconsistency.shift_at_next_bn`, with
 # $q = 0.5$:
@@ -588,12 +588,13 @@ metrics.styled(pd.DataFrame({"block": range(1, DEPTH_STACK + 1), "Eq. 31": [f"{v
                "Δ at the next block's BN1, dropout with q = 0.5 at P6, P7 and DropPath")
 
 # %% [markdown]
-# Check: DropPath's $\Delta$ matches P7's within 3 % at every depth: as far
+# DropPath's $\Delta$ matches P7's within 3 % at every depth: as far
 # as the next BN can tell, DropPath *is* P7 (its mask is drawn once per
 # sample, not once per element, so its estimate is the noisier of the two).
-# Both lie within 4 % of Eq. 31, which chapter 3 derived for P6.
+# Both lie within 4 % of {eq}`ch6-eq-residual-depth`, which chapter 3 derived for P6.
 
-# %%
+# %% tags=["hide-cell"]
+# Check: DropPath within 3 % of P7 at every depth, both within 4 % of the equation.
 for l, (a, b, f) in enumerate(zip(stack["P7path"], stack["P7"], eq31), start=1):
     assert abs(a / b - 1) < 0.03 and abs(a / f - 1) < 0.04 and abs(b / f - 1) < 0.04, (l, a, b, f)
 
@@ -609,11 +610,11 @@ for l, (a, b, f) in enumerate(zip(stack["P7path"], stack["P7"], eq31), start=1):
 # trains the chosen rate and $p = 0.1$ with five paired seeds, as chapter 3
 # did for P6 and P7.
 
-# %%
+# %% mystnb={"image": {"alt": "Validation accuracy in percent against the drop probability (0.05, 0.1, 0.2, 0.3), mean of two seeds, one line each for P6, P7 and DropPath, with a dashed line for no dropout: DropPath's accuracy falls steadily as the rate grows, faster than P6's and P7's."}}
 BRANCH_POSITIONS = ["P6", "P7", "P7path"]
 dp_grid = records.check_records("residual-p", "class", 2,
                                 only=["none"] + [f"{pos}-p{q:g}" for pos in BRANCH_POSITIONS for q in experiments.P_GRID])
-dp_best = records.tuned_p(dp_grid)
+dp_best = compare.tuned_p(dp_grid)
 dp_val = {(r["config"]["name"], r["seed"]): r["final_val_acc"] for r in dp_grid}
 with plots.style():
     fig, ax = plots.figure("Validation accuracy by drop probability (2 seeds each)", "drop probability p",
@@ -628,9 +629,8 @@ print("best p on validation: " + ", ".join(f"{pos} {dp_best[pos]:g}" for pos in 
 
 # %% [markdown]
 # DropPath loses validation accuracy faster than P6 and P7 as the rate
-# grows. Checks: DropPath's validation accuracy falls through the whole
-# grid, and from the smallest rate to the largest it falls by more than
-# P7's and P6's.
+# grows: its validation accuracy falls through the whole grid, and from
+# the smallest rate to the largest it falls by more than P7's and P6's.
 
 # %%
 dp_curve = {pos: [np.mean([dp_val[(f"{pos}-p{q:g}", s)] for s in range(2)]) for q in experiments.P_GRID]
@@ -638,53 +638,57 @@ dp_curve = {pos: [np.mean([dp_val[(f"{pos}-p{q:g}", s)] for s in range(2)]) for 
 dp_fall = {pos: c[0] - c[-1] for pos, c in dp_curve.items()}
 print("fall of validation accuracy from p = 0.05 to 0.3 (points): "
       + ", ".join(f"{pos} {100 * v:.2f}" for pos, v in dp_fall.items()))
+
+# %% tags=["hide-cell"]
+# Check: DropPath's validation accuracy falls at every step, and further than P6's and P7's.
 assert all(a > b for a, b in zip(dp_curve["P7path"], dp_curve["P7path"][1:])), dp_curve
 assert dp_fall["P7path"] > dp_fall["P7"] and dp_fall["P7path"] > dp_fall["P6"], dp_fall
 
 # %% [markdown]
 # Five paired seeds at two rates: each position's own best (chosen above)
-# and a common $p = 0.1$.
+# and a common $p = 0.1$. The comparisons judged from these records,
+# DropPath against no dropout, P7 and P6 and each of P6 and P7 against no
+# dropout, at both rates, form one family, corrected together by Holm.
 
-# %%
+# %% mystnb={"image": {"alt": "Forest plot of the DropPath family: DropPath minus no dropout, minus P7 and minus P6, and P6 and P7 minus no dropout, at each position's best rate and at p = 0.1, test accuracy in points with Holm-corrected intervals around a vertical line at zero; every interval contains zero."}}
 DP_RATES = {"best": {pos: dp_best[pos] for pos in BRANCH_POSITIONS}, "p = 0.1": {pos: 0.1 for pos in BRANCH_POSITIONS}}
 dp_configs = sorted({f"{pos}-p{q:g}" for rates in DP_RATES.values() for pos, q in rates.items()})
 dp_recs = records.check_records("residual-p", "class", SEEDS, only=["none", *dp_configs])
-dp_rows = []
-for rate, at in DP_RATES.items():
-    for pos, other in (("P7path", "none"), ("P7path", "P7"), ("P7path", "P6"), ("P6", "none"), ("P7", "none")):
-        a = f"{pos}-p{at[pos]:g}"
-        b = other if other == "none" else f"{other}-p{at[other]:g}"
-        dp_rows.append((rate, a, b, records.compare(dp_recs, a, b)))
-metrics.styled(pd.DataFrame([{"rates": rate, "comparison": f"{a} − {b}",
-                              "difference (points)": metrics.pm(r.diff, r.diff_ci95, signed=True),
-                              "smallest detectable": f"{100 * r.mde:.2f}"} for rate, a, b, r in dp_rows]),
-               f"DropPath against no dropout and against P6 and P7 ({SEEDS} paired seeds)")
-
-# %%
-path_rows = [(rate, a, b, r) for rate, a, b, r in dp_rows if a.startswith("P7path")]
-with plots.style():
-    fig, ax = plots.figure("DropPath against no dropout, P7 and P6, at each one's best p and at p = 0.1",
-                           "comparison (mean and 95% CI over 5 paired seeds)", "difference (points)")
-    plots.differences_with_ci(ax, [f"− {b.split('-')[0]}\n({rate})" for rate, _, b, _ in path_rows],
-                              [100 * r.diff for *_, r in path_rows], [100 * r.diff_ci95 for *_, r in path_rows])
+dp_pairs = dict.fromkeys((f"{pos}-p{at[pos]:g}", other if other == "none" else f"{other}-p{at[other]:g}")
+                         for at in DP_RATES.values()
+                         for pos, other in (("P7path", "none"), ("P7path", "P7"), ("P7path", "P6"),
+                                            ("P6", "none"), ("P7", "none")))
+dp_family = compare.correct([compare.compare(dp_recs, a, b, claim=f"{a} beats {b}") for a, b in dp_pairs],
+                            family="DropPath comparisons")
+fig, ax = plots.forest(dp_family, f"DropPath: {sum(c.resolved != 0 for c in dp_family)} of {len(dp_family)} "
+                       "comparisons resolved after Holm", xlabel="test accuracy difference (points)")
 plt.show()
 
+# %% tags=["hide-output"]
+metrics.styled(compare.frame(dp_family).assign(declared="no (exploratory)"),
+               f"DropPath against no dropout and against P6 and P7 ({SEEDS} paired seeds, Holm over {len(dp_family)})")
+
 # %% [markdown]
-# Checks. Every comparison has its five pairs. At its best rate and at
-# $p = 0.1$, DropPath is resolved neither from no dropout nor from P6 or
-# P7: every interval contains zero, and the smallest difference these
-# seeds would have detected four times in five is under two points
-# everywhere. Huang et al.'s gain came from a 110-layer ResNet, 54 residual
+# At its best rate and at $p = 0.1$, DropPath is resolved neither from no
+# dropout nor from P6 or P7: every interval contains zero. What the
+# intervals do say is how large a gain they leave room for: DropPath's
+# advantage over no dropout, if it has one here, is below the bound
+# printed next (the upper end of its corrected interval), two points or
+# less. Huang et al.'s gain came from a 110-layer ResNet, 54 residual
 # blocks, where a dropped branch leaves 53 others; in an 8-layer PreResNet
 # (three blocks) none is seen, and the validation split chose the smallest
 # rate of the grid.
 
 # %%
-path_signs = {(rate, b): metrics.resolved_sign(r.diff, r.diff_ci95) for rate, a, b, r in path_rows}
-print(path_signs)
-assert all(r.n_paired == SEEDS for *_, r in dp_rows), [(a, b, r.n_paired) for _, a, b, r in dp_rows]
-assert set(path_signs.values()) == {0}, path_signs
-assert max(r.mde for *_, r in dp_rows) < 0.02 and dp_best["P7path"] == min(experiments.P_GRID)
+dp_bound = {c.config: c.rules_out for c in dp_family if c.config.startswith("P7path") and c.baseline == "none"}
+print("largest gain of DropPath over no dropout the corrected intervals allow (points): "
+      + ", ".join(f"{c} {100 * v:.2f}" for c, v in dp_bound.items()))
+
+# %% tags=["hide-cell"]
+# Check: five pairs each, nothing resolved after Holm, gains above two points ruled out, three blocks.
+assert all(c.n == SEEDS for c in dp_family) and len(dp_family) == 10, dp_family
+assert all(c.verdict == compare.Verdict.UNRESOLVED for c in dp_family), dp_family
+assert max(dp_bound.values()) <= 0.02 and dp_best["P7path"] == min(experiments.P_GRID), dp_bound
 assert len(experiments.build_model("residual-p", "P7path-p0.05", "class").blocks) == 3
 
 # %% [markdown]
