@@ -803,7 +803,7 @@ plt.show()
 # %% tags=["hide-output"]
 metrics.styled(compare.frame(early_family).assign(declared="no (exploratory)"),
                f"The early family, Holm over {len(early_family)} (k chosen on validation): test accuracy in points; "
-               "the training-loss rows are ×100 nats")
+               "the training-loss rows in hundredths of a nat")
 
 # %% [markdown]
 # What the records say, after the correction. In the underfitting regime
@@ -871,7 +871,7 @@ plt.show()
 verdict6 = [*claims6, early_by["underfitting: early dropout ends with a lower training loss"]]
 metrics.styled(compare.frame(verdict6).assign(claim=[c.claim for c in verdict6], declared="no (exploratory)"),
                "Chapter 6's claims against this book's records, each Holm-corrected within its experiment "
-               "(accuracy in points, the training-loss row in 1/100 nats)")
+               "(accuracy in points, the training-loss row in hundredths of a nat)")
 
 # %% [markdown]
 # Which of P0–P7's lessons carry over to networks without BN? The
@@ -901,10 +901,10 @@ assert all(c.n >= SEEDS and c.primary for c in verdict6), verdict6
 # ```{exercise}
 # :label: ch6-ex-instance
 #
-# GroupNorm with one channel per group is InstanceNorm, with all channels
-# in one group LayerNorm. Predict $\Delta$ at the output of
+# Predict first: GroupNorm with one channel per group is InstanceNorm, with
+# all channels in one group LayerNorm. What is $\Delta$ at the output of
 # `nn.GroupNorm(16, 16)` (InstanceNorm) with `nn.Dropout(0.3)` right before
-# it, on features $N(0.5, 1)$ of shape (16, 4, 4), then measure it with
+# it, on features $N(0.5, 1)$ of shape (16, 4, 4)? Then measure it with
 # `probes.norm_shift`.
 # ```
 #
@@ -916,13 +916,16 @@ assert all(c.n >= SEEDS and c.primary for c in verdict6), verdict6
 # with its own mean and variance in both modes, so the output's mean square
 # is 1 in both: $\Delta = 1$, as for any group of more than a few values
 # (a group that dropout could leave with a single distinct value, or empty,
-# would normalize to 0). Only the input keeps Eq. 6's shift.
+# would normalize to 0). Only the input keeps {eq}`ch6-eq-dropout-shift`'s shift.
 
 # %%
 x_ex = 0.5 + torch.randn(BATCH, 16, 4, 4, generator=torch.Generator().manual_seed(11))
 (inst,) = probes.norm_shift(torch.nn.Sequential(torch.nn.Dropout(0.3), torch.nn.GroupNorm(16, 16)), x_ex, seed=12)
-print(f"InstanceNorm: Δ input {inst.input_ratio:.4f} (Eq. 6: {V.dropout_ratio(1.0, 0.5, 0.3):.4f}), "
+print(f"InstanceNorm: Δ input {inst.input_ratio:.4f} (equation: {V.dropout_ratio(1.0, 0.5, 0.3):.4f}), "
       f"Δ output {inst.output_ratio:.5f}")
+
+# %% tags=["hide-cell"]
+# Check: InstanceNorm's output is shift-free, its input carries the equation's shift.
 assert inst.kind == "group" and abs(inst.output_ratio - 1) < 1e-3
 assert abs(inst.input_ratio / V.dropout_ratio(1.0, 0.5, 0.3) - 1) < 0.01
 
@@ -964,6 +967,9 @@ for pos in ("P7", "P7path"):
         energy = blk(x_blk).pow(2).mean(dim=1)
     spread[pos] = (energy.std() / energy.mean()).item()
 print({pos: f"{v:.3f}" for pos, v in spread.items()})
+
+# %% tags=["hide-cell"]
+# Check: DropPath's per-sample spread is more than twice P7's.
 assert spread["P7path"] > 2 * spread["P7"], spread
 
 # %% [markdown]
@@ -986,19 +992,103 @@ assert spread["P7path"] > 2 * spread["P7"], spread
 # The paired difference of validation accuracies uses the same records as
 # the choice, so it says how far apart the candidates were, not how much
 # better the winner will do on new data (the test split answers that, in
-# section 4). In both regimes the interval contains zero: the validation
-# split did not tell the chosen $k$ from the runner-up, so the choice of
-# $k$ mattered less than the seeds.
+# section 4). In both regimes the interval contains zero, even uncorrected:
+# the validation split did not tell the chosen $k$ from the runner-up, so
+# the choice of $k$ mattered less than the seeds.
 
 # %%
+k_gap = {}
 for regime, pre in EARLY.items():
     cand = [f"{pre}P6-early{k}" for k in experiments.EARLY_EPOCHS]
-    mean_val = {c: np.mean([r["final_val_acc"] for r in early_recs if r["config"]["name"] == c]) for c in cand}
+    mean_val = {s.config: s.mean for s in compare.summarize(early_recs, "final_val_acc") if s.config in cand}
     runner_up = sorted(cand, key=lambda c: -mean_val[c])[1]
-    gap = records.compare(early_recs, early_k[regime], runner_up, metric="final_val_acc")
+    k_gap[regime] = compare.compare(early_recs, early_k[regime], runner_up, "final_val_acc")
     print(f"{regime}: " + ", ".join(f"{c.split('-')[-1]} {100 * v:.2f} %" for c, v in mean_val.items())
-          + f"; chosen minus {runner_up.split('-')[-1]}: {metrics.pm(gap.diff, gap.diff_ci95, signed=True)} points")
-    assert gap.n_paired == EARLY_SEEDS[regime] and metrics.resolved_sign(gap.diff, gap.diff_ci95) == 0, gap
+          + f"; chosen minus {runner_up.split('-')[-1]}: {k_gap[regime].text()}")
+
+# %% tags=["hide-cell"]
+# Check: in both regimes, the chosen k is not resolved from the runner-up.
+assert all(g.n == EARLY_SEEDS[regime] and g.resolved == 0 for regime, g in k_gap.items()), k_gap
+
+# %% [markdown]
+# ```{solution-end}
+# ```
+#
+# ```{exercise}
+# :label: ch6-ex-attention-rows
+#
+# Predict first: with dropout at T1 ($p = 0.1$), a row of attention
+# probabilities $a_1, \dots, a_T$, which sums to 1, becomes
+# $\sum_j m_j a_j / q$ in training. What are the mean and the standard
+# deviation of that sum when the row attends uniformly to $T = 16$ tokens,
+# and when it attends to one token only? Then measure both with
+# `nn.Dropout(0.1)`.
+# ```
+#
+# ```{solution-start} ch6-ex-attention-rows
+# :class: dropdown
+# ```
+#
+# Each $m_j / q$ has mean 1 and variance $p/q$, independently, so the sum
+# has mean $\sum_j a_j = 1$ and variance $(p/q) \sum_j a_j^2$: uniform
+# attention gives $(p/q)/T$, a standard deviation of about 0.08; attention
+# on one token gives $p/q$, about 0.33, and a row that is wiped out
+# (sum 0) one time in ten. The more peaked the attention, the more T1's
+# noise reaches the value it mixes, unlike an element-wise dropout on a
+# stream, whose noise per unit does not depend on the values.
+
+# %%
+T_ROW, P_T1, ROWS = 16, 0.1, scale.pick(smoke=20_000, class_=100_000, paper=100_000)
+rows = {"uniform": torch.full((ROWS, T_ROW), 1 / T_ROW), "one token": torch.eye(T_ROW)[torch.zeros(ROWS, dtype=torch.long)]}
+torch.manual_seed(15)
+row_sums = {kind: torch.nn.Dropout(P_T1).train()(a).sum(dim=1) for kind, a in rows.items()}
+predicted_sd = {kind: (P_T1 / (1 - P_T1) * a[0].pow(2).sum()).sqrt().item() for kind, a in rows.items()}
+for kind, s in row_sums.items():
+    print(f"{kind}: mean {s.mean():.4f}, SD {s.std():.4f} (predicted {predicted_sd[kind]:.4f}), "
+          f"rows summing to 0: {(s == 0).float().mean():.3f}")
+
+# %% tags=["hide-cell"]
+# Check: mean 1 within 1 %, SDs within 3 % of (p/q) Σ a², one-token rows wiped out about one time in ten.
+for kind, s in row_sums.items():
+    assert abs(s.mean().item() - 1) < 0.01 and abs(s.std().item() / predicted_sd[kind] - 1) < 0.03, (kind, s.std())
+assert abs((row_sums["one token"] == 0).float().mean().item() - P_T1) < 0.01
+
+# %% [markdown]
+# ```{solution-end}
+# ```
+#
+# ```{exercise}
+# :label: ch6-ex-vit-seeds
+#
+# Design: a follow-up to the `vit` experiment should resolve a T0 effect
+# half the size measured in section 2, with 80 % power. Predict first: about
+# 10, 30 or 100 paired seeds? Then compute it with
+# `compare.detectable_effect`, taking the standard deviation of the paired
+# differences pooled over the five ViT comparisons (`compare.pooled_sd`: a
+# design for the *next* experiment may use this one's spread), once for a
+# single test at the 5 % level and once for the strictest step of Holm's
+# correction over five positions.
+# ```
+#
+# ```{solution-start} ch6-ex-vit-seeds
+# :class: dropdown
+# ```
+#
+# The detectable effect shrinks as $1/\sqrt{n}$: halving it needs about four
+# times the seeds that would just detect the full effect, and the stricter
+# level of a family of five costs more again.
+
+# %%
+vit_sd = compare.pooled_sd(vit_family)
+half_t0 = vit_by["T0"].mean / 2
+vit_need = {label: next(n for n in range(2, 10_000) if compare.detectable_effect(vit_sd, n, level) <= half_t0)
+            for label, level in (("one test at 5 %", 0.95), ("Holm's first step over 5", 1 - 0.05 / 5))}
+print(f"pooled SD of the paired differences {100 * vit_sd:.2f} points; half of T0's gain {100 * half_t0:.2f} points; "
+      + ", ".join(f"{label}: {n} seeds" for label, n in vit_need.items()))
+
+# %% tags=["hide-cell"]
+# Check: the corrected design needs more seeds than the single test, and both more than five.
+assert vit_need["Holm's first step over 5"] > vit_need["one test at 5 %"] > SEEDS, vit_need
 
 # %% [markdown]
 # ```{solution-end}
