@@ -146,7 +146,7 @@ print(f"module tests: p {P_MODULE}, batch {BATCH:,}; trained networks at {SC} sc
 #
 # ### Module test
 #
-# `inconsistency.norm_after_dropout` builds `Dropout(p) -> norm` on
+# `probes.norm_after_dropout` builds `Dropout(p) -> norm` on
 # features $N(0.5, 1)$ of shape (16 channels, 4 × 4), lets a BN gather its
 # running statistics with dropout on (as training does), and measures
 # $\Delta$ at the norm's input and output with `probes.norm_shift`: one
@@ -164,7 +164,7 @@ print(f"module tests: p {P_MODULE}, batch {BATCH:,}; trained networks at {SC} sc
 # channels instead; section 2 uses that one.)
 
 # %%
-module = {(norm, p): inconsistency.norm_after_dropout(norm, p, mean=MEAN_X, var=VAR_X, batch=BATCH, seed=6)
+module = {(norm, p): probes.norm_after_dropout(norm, p, mean=MEAN_X, var=VAR_X, batch=BATCH, seed=6)
           for norm in models.NORMS for p in P_MODULE}
 module_frame = pd.DataFrame([{
     "norm": norm, "p": p,
@@ -288,7 +288,7 @@ NORM_NETS = {"BN": "", "GroupNorm, 25 epochs": "group-", "GroupNorm, 50 epochs":
 NORM_SEEDS = {"BN": 2 * SEEDS, "GroupNorm, 25 epochs": SEEDS, "GroupNorm, 50 epochs": 2 * SEEDS}
 norm_recs = [r for net, pre in NORM_NETS.items() for r in records.check_records(
     "norm", "class", NORM_SEEDS[net], only=[pre + c for c in ("none", "P4", "P6")])]
-norm_epochs = {c: experiments.spec("norm", c, "class")["recipe"]["epochs"] for c in ("none", "group-none", "group-e50-none")}
+norm_epochs = {c: experiments.spec("norm", c, "class").recipe.epochs for c in ("none", "group-none", "group-e50-none")}
 norm_fit = {c: [r["final_train_acc"] for r in norm_recs if r["config"]["name"] == c]
             for c in ("none", "group-none", "group-e50-none")}
 print("no-dropout training accuracy: " + ", ".join(f"{c} {100 * np.mean(v):.1f} %" for c, v in norm_fit.items()))
@@ -489,9 +489,9 @@ assert all(abs(r.output_ratio - 1) < 1e-3 for s in vit_shift.values() for r in s
 
 # %%
 vit_spec = experiments.spec("vit", "none", "class")
-print(f"ViT at class scale: {vit_spec['net']['depth']} blocks of width {vit_spec['net']['width']}, "
-      f"{vit_spec['recipe']['optimizer']}, {vit_spec['recipe']['epochs']} epochs, "
-      f"{vit_spec['data']['train_size']:,} training images")
+print(f"ViT at class scale: {vit_spec.net.depth} blocks of width {vit_spec.net.width}, "
+      f"{vit_spec.recipe.optimizer}, {vit_spec.recipe.epochs} epochs, "
+      f"{vit_spec.data.train_size:,} training images")
 vit_recs = records.check_records("vit", "class", SEEDS)
 vit_none = [r for r in vit_recs if r["config"]["name"] == "none"]
 print(f"{len(vit_recs)} records; no dropout: training accuracy "
@@ -541,8 +541,8 @@ print(f"chapter 3's P0 at p = 0.1: {p0_family[0].text()}")
 # Check: the ViT's regime, and the verdicts the text states, after Holm over five.
 vit_fit = [r["final_train_acc"] for r in vit_none]
 vit_gap = [r["final_train_acc"] - r["final_test_acc"] for r in vit_none]
-assert (vit_spec["net"]["depth"], vit_spec["net"]["width"], vit_spec["recipe"]["epochs"],
-        vit_spec["data"]["train_size"]) == (4, 64, 60, 1000)
+assert (vit_spec.net.depth, vit_spec.net.width, vit_spec.recipe.epochs,
+        vit_spec.data.train_size) == (4, 64, 60, 1000)
 assert all(s.n == SEEDS and s.diverged == 0 for s in compare.summarize(vit_recs))
 assert np.mean(vit_fit) >= 0.99 and min(vit_gap) >= 0.20, (vit_fit, vit_gap)
 assert {t: str(c.verdict) for t, c in vit_by.items()} == {
@@ -763,8 +763,8 @@ plt.show()
 
 # %% tags=["hide-cell"]
 # Check: the regimes fit as named, the specs are as described, dropout was on for exactly k epochs.
-assert early_spec["P6"]["recipe"]["epochs"] == 25 and experiments.EARLY_EPOCHS == (5, 10, 15)
-assert early_spec["underfit-P6"]["net"]["width"] == 8 and early_spec["underfit-P6"]["recipe"]["augment"]
+assert early_spec["P6"].recipe.epochs == 25 and experiments.EARLY_EPOCHS == (5, 10, 15)
+assert early_spec["underfit-P6"].net.width == 8 and early_spec["underfit-P6"].recipe.augment
 assert np.mean(early_fit["overfitting"]) >= 0.97 and max(early_fit["underfitting"]) < 0.90, early_fit
 for (c, s), h in early_hist.items():
     if "early" in c:
@@ -869,7 +869,9 @@ plt.show()
 
 # %% tags=["hide-output"]
 verdict6 = [*claims6, early_by["underfitting: early dropout ends with a lower training loss"]]
-metrics.styled(compare.frame(verdict6).assign(claim=[c.claim for c in verdict6], declared="no (exploratory)"),
+verdict_frame = compare.frame(verdict6).assign(declared="no (exploratory)")
+verdict_frame.insert(0, "claim", [c.claim for c in verdict6])
+metrics.styled(verdict_frame,
                "Chapter 6's claims against this book's records, each Holm-corrected within its experiment "
                "(accuracy in points, the training-loss row in hundredths of a nat)")
 
