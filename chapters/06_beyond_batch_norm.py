@@ -328,6 +328,9 @@ norm_family = compare.correct([*compare.against_baselines(norm_recs), *norm_p4p6
 norm_by = {c.name: c for c in norm_family}
 fig, ax = plots.forest(norm_family, f"norm: {sum(c.resolved != 0 for c in norm_family)} of {len(norm_family)} "
                        "comparisons resolved after Holm", xlabel="test accuracy difference (points)")
+for a in fig.axes:
+    a.get_legend().set(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+fig.tight_layout()
 plt.show()
 
 # %% tags=["hide-output"]
@@ -508,6 +511,9 @@ vit_family = compare.correct([replace(c, claim=f"ViT: dropout at {c.config} help
 vit_by = {c.config: c for c in vit_family}
 fig, ax = plots.forest(vit_family, f"ViT: {sum(c.resolved != 0 for c in vit_family)} of {len(vit_family)} "
                        "positions resolved after Holm", xlabel="test accuracy, T position minus no dropout (points)")
+for a in fig.axes:
+    a.get_legend().set(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+fig.tight_layout()
 plt.show()
 
 # %% tags=["hide-output"]
@@ -662,6 +668,9 @@ dp_family = compare.correct([compare.compare(dp_recs, a, b, claim=f"{a} beats {b
                             family="DropPath comparisons")
 fig, ax = plots.forest(dp_family, f"DropPath: {sum(c.resolved != 0 for c in dp_family)} of {len(dp_family)} "
                        "comparisons resolved after Holm", xlabel="test accuracy difference (points)")
+for a in fig.axes:
+    a.get_legend().set(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+fig.tight_layout()
 plt.show()
 
 # %% tags=["hide-output"]
@@ -793,11 +802,14 @@ for regime, pre in EARLY.items():
                         claim=f"{regime}: dropout all the way ends with a lower training loss")]
 early_family = compare.correct(early_raw, family="early comparisons")
 early_by = {c.claim: c for c in early_family}
-fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+fig, axes = plt.subplots(1, 2, figsize=(14, 4.2))
 plots.forest([c for c in early_family if c.metric == "final_test_acc"], "Early dropout: test accuracy", ax=axes[0],
              xlabel="test accuracy difference (points)")
 plots.forest([c for c in early_family if c.metric == "final_train_loss"], "Early dropout: final training loss",
              ax=axes[1], scale=1.0, unit="nats", xlabel="training loss difference (nats; below zero: the first is lower)")
+for a in fig.axes:
+    a.get_legend().set(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+fig.tight_layout()
 plt.show()
 
 # %% tags=["hide-output"]
@@ -864,6 +876,9 @@ claims6 = [
 fig, ax = plots.forest(claims6, f"Chapter 6's accuracy claims: {sum(c.verdict == compare.Verdict.SUPPORTS for c in claims6)}"
                        f" of {len(claims6)} supported after Holm", xlabel="test accuracy difference (points)")
 ax.set_yticklabels([c.claim for c in claims6], fontsize=8)
+fig.set_size_inches(9.5, fig.get_figheight())
+for a in fig.axes:
+    a.get_legend().set(loc="upper left", bbox_to_anchor=(1.01, 1.0))
 fig.tight_layout()
 plt.show()
 
