@@ -1293,3 +1293,118 @@ assert abs(predicted_32 / noise[32, False] - 1) < 0.35, (predicted_32, noise[32,
 # %% [markdown]
 # ```{solution-end}
 # ```
+#
+# ```{exercise}
+# :label: ch5-ex-seeds
+#
+# Design: suppose dropout at the end of this chapter's CNN truly gained 0.3
+# points of test accuracy over no dropout. Predict first: to resolve that
+# gain with 80 % power, would you need about 10, 100 or 1,000 seeds? Then
+# compute it with `compare.detectable_effect` from this chapter's paired
+# standard deviation of end − none, once for a single test at the 5 % level
+# and once for the strictest step of Holm's correction over the chapter's
+# accuracy family.
+# ```
+#
+# ```{solution-start} ch5-ex-seeds
+# :class: dropdown
+# ```
+#
+# The detectable effect shrinks as $1/\sqrt{n}$, so the seeds needed grow
+# with the square of the standard deviation over the target. Holm's first
+# step tests at $0.05/m$ for a family of $m$ contrasts, which costs more
+# seeds again. The standard deviation measured here serves as the planning
+# value for the next experiment, never for this one's verdicts.
+
+# %%
+planning_sd = compare.pooled_sd([judged["CNN end", "none"]])
+target_gain = 0.003
+need = {}
+for label, level in (("one test at 5 %", 0.95), (f"Holm's first step over {len(FAMILY)}", 1 - 0.05 / len(FAMILY))):
+    n = 2
+    while compare.detectable_effect(planning_sd, n, level) > target_gain:
+        n *= 2
+    need[label] = next(m for m in range(n // 2, n + 1) if compare.detectable_effect(planning_sd, m, level) <= target_gain)
+print(f"paired SD of end - none: {100 * planning_sd:.2f} points; seeds to resolve 0.3 points: "
+      + ", ".join(f"{label}: {n}" for label, n in need.items()))
+assert need[f"Holm's first step over {len(FAMILY)}"] >= need["one test at 5 %"] > len(SEEDS)
+assert compare.detectable_effect(planning_sd, need["one test at 5 %"] - 1, 0.95) > target_gain
+
+# %% [markdown]
+# ```{solution-end}
+# ```
+#
+# ```{exercise}
+# :label: ch5-ex-mc-samples
+#
+# Predict first: section 9 averaged $T$ dropout passes before scoring each
+# input by its predictive entropy. How does the AUROC against uniform pixel
+# noise change as $T$ grows from 1 to the $T$ of section 9: steadily, not at
+# all, or quickly at first and then hardly? Then measure it on the MLP with
+# dropout in every layer, reusing the first $t$ of the same $T$ passes for
+# each $t$.
+# ```
+#
+# ```{solution-start} ch5-ex-mc-samples
+# :class: dropdown
+# ```
+#
+# One pass scores an input by the entropy of one random sub-network, which
+# is noisy; averaging $t$ passes shrinks that noise as $1/\sqrt{t}$, so the
+# ranking improves fast at first and then levels off. The check: the AUROC
+# at the largest $T$ beats one pass, and the second half of the passes gains
+# less than the first half did (averaged over the seeds).
+
+# %%
+T_GRID = sorted({1, 2, T_MC // 2, T_MC})
+auc_t = {t: [] for t in T_GRID}
+for seed in SEEDS:
+    net = mlp_runs["every layer", seed][0]
+    probs = {name: D.mc_predict(net, train.to_device(split, dev, net.input_stats)[0], T_MC, seed=seed)
+             for name, split in (("test", test_set), ("noise", shifted["uniform noise"]))}
+    for t in T_GRID:
+        auc_t[t].append(metrics.auroc(D.predictive_entropy(probs["test"][:t].mean(0)),
+                                      D.predictive_entropy(probs["noise"][:t].mean(0))))
+mean_auc = {t: float(np.mean(v)) for t, v in auc_t.items()}
+print("AUROC against uniform noise by T: " + ", ".join(f"T={t}: {100 * a:.1f}%" for t, a in mean_auc.items()))
+assert mean_auc[T_MC] > mean_auc[1]
+assert mean_auc[T_MC] - mean_auc[T_MC // 2] < mean_auc[T_MC // 2] - mean_auc[1], mean_auc
+
+# %% [markdown]
+# ```{solution-end}
+# ```
+#
+# ```{exercise}
+# :label: ch5-ex-laptop-sweep
+#
+# Design: you have five CPU minutes on a laptop for a follow-up of claim 10:
+# the shared CNN without dropout and with dropout at the end, at this
+# page's sizes, as many seeds as fit. From the seconds per epoch the shared
+# runs recorded, how many seeds fit, and what gain would that many seeds
+# detect with 80 % power in a single test at 5 %, with the paired standard
+# deviation of the exercise above? Is it worth running?
+# ```
+#
+# ```{solution-start} ch5-ex-laptop-sweep
+# :class: dropdown
+# ```
+#
+# Each seed costs one run of each network, so the seeds that fit are the
+# budget over the cost of that pair. The detectable gain then follows from
+# the planning standard deviation; if it is larger than any gain a
+# regularizer could plausibly bring, the sweep can only rank harm, and
+# the budget is better spent on a regime where help can show.
+
+# %%
+budget_s = 300
+run_s = {name: float(np.mean([np.sum(cnn_runs[name, s][1].seconds) for s in SEEDS])) for name in ("none", "end")}
+seeds_fit = int(budget_s // sum(run_s.values()))
+gain_seen = compare.detectable_effect(planning_sd, seeds_fit, 0.95)
+print(f"one pair of runs: {sum(run_s.values()):.1f} s; {seeds_fit} seeds fit in {budget_s} s; "
+      f"they detect gains of {100 * gain_seen:.2f} points (80 % power, one test at 5 %)")
+assert seeds_fit * sum(run_s.values()) <= budget_s < (seeds_fit + 1) * sum(run_s.values())
+assert seeds_fit < 2 or gain_seen < compare.detectable_effect(planning_sd, 2, 0.95)
+
+# %% [markdown]
+# ```{solution-end}
+# ```
