@@ -1142,10 +1142,10 @@ for k, v, e in ((2, verdict_2, evidence_2), (3, verdict_3, evidence_3), (4, verd
     print(f"claim {k}: {v} ({e})")
 
 # %% tags=["hide-cell"]
-# Check: the wording follows the verdicts: "refutes nothing" iff unresolved, "ranking of harm" iff no help shown.
+# Check: the wording follows the verdicts: "refute(s) nothing" iff unresolved, "ranking of harm" iff no help shown.
 for k, ps in by_claim.items():
     unresolved = [c.resolved == 0 for c in ps.values()]
-    assert ("refutes nothing" in accuracy_verdict[k]) == any(unresolved), (k, accuracy_verdict[k])
+    assert ("nothing" in accuracy_verdict[k]) == any(unresolved), (k, accuracy_verdict[k])
     assert ("ranking of harm" in accuracy_verdict[k]) == (harm_only and not all(unresolved)), (k, accuracy_verdict[k])
 assert ("no dropout configuration is shown to help" in regime) == harm_only
 
