@@ -571,7 +571,7 @@ def test_each_chapter_has_five_exercises_with_solutions_two_of_them_predict_firs
 # a code cell draws if it calls matplotlib's pyplot or a droplab.plots function that makes a figure
 DRAWS = re.compile(r"\bplt\.\w+\(|\bplots\.(?:figure|forest|position_diagram)\(")
 # chapters whose figure cells still lack alt text; empty it as they get it
-WITHOUT_ALT_TEXT = {"05_claims_tested"}
+WITHOUT_ALT_TEXT: set[str] = set()
 
 
 def figures_without_alt_text(source: Path) -> list[int]:

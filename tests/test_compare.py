@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from droplab import compare, experiments
@@ -84,6 +85,14 @@ def test_the_detectable_effect_grows_with_the_sd_and_shrinks_with_the_seeds():
                                                                 rel=1e-5)
     assert compare.detectable_effect(0.01, 20) < compare.detectable_effect(0.01, 10)
     assert math.isnan(compare.detectable_effect(0.01, 1))
+
+
+@pytest.mark.parametrize("n", [5, 10])
+def test_an_effect_of_the_detectable_size_is_resolved_four_times_in_five(n):
+    rng = np.random.default_rng(n)
+    effect = compare.detectable_effect(1.0, n)
+    resolved = [compare.of_values(row, np.zeros(n)).resolved == 1 for row in rng.normal(effect, 1.0, size=(4000, n))]
+    assert np.mean(resolved) == pytest.approx(0.80, abs=0.03)
 
 
 def test_diverged_runs_are_counted_not_averaged():

@@ -30,11 +30,14 @@ module                          its one idea
 ``droplab.train``               ``fit`` / ``evaluate`` / ``predict`` / ``recalibrate_bn`` with a ``Recipe``
 ``droplab.probes``              measurements inside a network that train nothing: neighbour recovery,
                                 the variance shift at every norm, per-sample losses, gradient noise (chapters 1-6)
-``droplab.metrics``             statistics for claims: t-quantiles, mean +- CI, paired differences,
-                                power, verdicts, AUROC
-``droplab.experiments``         the experiment registry: what each run of a sweep is
-``droplab.compare``             comparisons as data: paired differences, intervals, Holm, verdicts, tables
-``droplab.records``             run records: write, read, check, tabulate
+``droplab.metrics``             summaries for tables and figures: a mean with its interval or standard
+                                error, AUROC, epochs to a target, the book's table style
+``droplab.experiments``         the experiment registry: each run's ``RunSpec`` (network, recipe, data),
+                                the configs as overrides of a base, seeds, declared primary contrasts
+``droplab.compare``             comparisons as data: paired differences, intervals, Holm, verdicts, the
+                                detectable effect a priori, tables
+``droplab.records``             run records: write, and read only through one check that refuses a
+                                missing, corrupt, stale or foreign record by name; inventory, provenance
 ``droplab.sweep``               the resumable, shardable runner that trains a sweep's runs
 ``droplab.bench``               training throughput of the fast path against a plain PyTorch loop
 ``droplab.plots``               the book's figure style, and the position diagrams drawn from ``blocks``
