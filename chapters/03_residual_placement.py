@@ -942,9 +942,10 @@ for pos in experiments.PLACEMENT_POSITIONS:
 # %% [markdown]
 # ### The placement study
 #
-# The `placement` experiment trains no dropout, each position at its
-# chosen rate, and P6 with H4 (both guidelines), with ten seeds (0–9), each
-# drawing its own training images, scored once on all 10,000 test images.
+# The `placement` experiment trains no dropout and each position its
+# contrasts compare (P0, P2, P4, P6, H4, H5) at its chosen rate, with ten
+# seeds (0–9), each drawing its own training images, scored once on all
+# 10,000 test images.
 # Its registry entry declared, before the runs, the five **primary
 # contrasts**: Guideline 1 as the ranking it is (P6 above no dropout, and
 # above P0, P2 and P4, the positions before a BN or on the block input)

@@ -962,7 +962,7 @@ assert check["ok"], check.get("gaps", check["summary"])
 #   dropout, uncorrected.
 
 # %%
-head_explore = [c for c in compare.against_baselines(study_recs) if c.config in ("H4", "H5", "P6+H4")]
+head_explore = [c for c in compare.against_baselines(study_recs) if c.config in ("H4", "H5")]
 verdict_frame = compare.frame([guideline2, *head_explore],
                               quoted={"H4 − H5": ", ".join(f"{h4 - h5:+.2f}" for _, h4, h5 in quoted.values())},
                               quoted_label="Kim et al., Tables 5-6 (quoted, eight rows)")

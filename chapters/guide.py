@@ -56,7 +56,7 @@ first_head = compare.correct([compare.compare(records.check_records("head", "cla
                               for i in range(1, 8)])
 
 texts = {name.replace(" − ", "_minus_"): c.text() for name, c in primary.items()}
-texts.update({f"{cfg.replace('+', '')}_vs_none": explore[cfg].text() for cfg in ("P0", "P7", "H5", "P6+H4")})
+texts.update({f"{cfg}_vs_none": explore[cfg].text() for cfg in ("P0", "P2", "H4", "H5")})
 texts.update({
     "noisy_share": f"{100 * experiments.spec(STUDY, 'none', 'class', seed=0).data.label_noise:.0f} %",
     "aug_long": pilot["long"][0].text(), "p6_long": pilot["long"][2].text(), "p6_noisy": pilot["noisy"][2].text(),
@@ -140,10 +140,14 @@ plt.show()
 # - **Never on the block input (P0)**: the shortcut carries the dropped
 #   signal and the shift compounds through the blocks. **[mechanism]**
 #   (chapter 3, section 4); **[records]**: P0 − none {glue:text}`P0_vs_none`
-#   (exploratory).
+#   (exploratory). **[quoted]**: dropout on the shortcut was among the
+#   shortcut variants {cite:t}`he2016identity` tried, and it trained worse
+#   than the plain identity shortcut: the precedent for P0.
 # - **At the end of the branch (P7)**, the noise joins the shortcut after
-#   the branch's last weight layer. **[records]**: P7 − none
-#   {glue:text}`P7_vs_none` (exploratory).
+#   the branch's last weight layer. **[mechanism]**: the next BN sees the
+#   same small shift as after P6 (chapter 3, section 4); its accuracy was
+#   not resolved from no dropout in the first regime, and the placement
+#   study did not train it.
 # - If you must keep dropout before a BN (an existing model), **re-estimate
 #   the BN statistics with dropout off** after training
 #   (`droplab.train.recalibrate_bn`). **[measured live]**: chapter 2.
@@ -157,8 +161,6 @@ plt.show()
 #   (exploratory). **[mechanism]**: {prf:ref}`prop-5`, on real feature maps
 #   (chapter 4). After GAP, before the classifier, is where
 #   {cite:t}`li2019understanding` put dropout to avoid the shift.
-# - **Both guidelines together**: P6+H4 − none {glue:text}`P6H4_vs_none`
-#   (exploratory; the paper tests them one at a time).
 # - **Never on the logits or the probabilities (H6, H7)**: a correct
 #   prediction can get a huge loss from one unlucky mask. **[mechanism]**,
 #   chapter 4: at H6 the gradients point the right way and are abnormal only

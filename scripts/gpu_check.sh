@@ -19,7 +19,7 @@
 #   4. python -m droplab.bench (fast path vs a plain PyTorch loop, TFLOP/s, one full epoch);
 #   5. the paper-scale sweeps: first the positive control (`control`: does augmentation or P6
 #      beat no regularizer, on validation?) and the placement study (`placement`: none, P0, P2,
-#      P4, P6, P7, H4, H5 and P6+H4 in the noisy-label regime, its primary contrasts declared),
+#      P4, P6, H4 and H5 in the noisy-label regime, its primary contrasts declared),
 #      then, if time is left, `residual` (none, P0-P7) and `head` (none, H1-H7, P6+H4);
 #      3 seeds, several worker processes sharing the GPU. They run one
 #      seed per phase (workers >= configs: every run of a phase starts at once) and a phase
@@ -108,7 +108,7 @@ else
   CAP_ENV=90; CAP_TESTS=180; CAP_BENCH=150; PACK_RESERVE=20
 fi
 CONTROL_ONLY=long-none,long-augment,long-P6-p0.1,long-P6-p0.3,noisy-none,noisy-augment,noisy-P6-p0.1,noisy-P6-p0.3
-PLACEMENT_ONLY=none,P0,P2,P4,P6,P7,H4,H5,P6+H4
+PLACEMENT_ONLY=none,P0,P2,P4,P6,H4,H5
 RESIDUAL_ONLY=none,P0,P1,P2,P3,P4,P5,P6,P7
 HEAD_ONLY=none,H1,H2,H3,H4,H5,H6,H7,P6+H4
 END=$(( start + BUDGET ))
