@@ -909,8 +909,8 @@ assert 0 < detectable < 0.03, detectable
 # %% [markdown]
 # ### Rates chosen on validation
 #
-# Each position gets its own drop probability, chosen from 0.1, 0.2, 0.3
-# and 0.5 by validation accuracy (the `placement-p` experiment: two seeds
+# Each position gets its own drop probability, chosen from 0.1, 0.2, 0.3,
+# 0.5 and 0.7 by validation accuracy (the `placement-p` experiment: two seeds
 # per rate, seeds 100–101, each with its own images; no test split).
 
 # %% mystnb={"image": {"alt": "Validation accuracy against the drop probability in the noisy-label regime, one line per position (P0, P2, P4, P6, P7, H4, H5), with a dashed line for no dropout."}}
@@ -931,12 +931,14 @@ plt.show()
 print("rate chosen on validation: " + ", ".join(f"{pos} {chosen_p[pos]:g}" for pos in experiments.PLACEMENT_POSITIONS))
 
 # %% [markdown]
-# The study trains each position at the rate chosen here (the registry
-# holds them; the check below recomputes them from the records).
+# The study trains each position its contrasts compare (all but P7) at
+# the rate chosen here (the registry holds them; the check below
+# recomputes them from the records).
 
 # %%
 assert chosen_p == experiments.PLACEMENT_P, (chosen_p, experiments.PLACEMENT_P)
-for pos in experiments.PLACEMENT_POSITIONS:
+assert tuple(experiments.PLACEMENT_GRID) == (0.1, 0.2, 0.3, 0.5, 0.7) and seeds_t == [100, 101]
+for pos in experiments.STUDY_POSITIONS:
     assert experiments.spec(STUDY, pos, "class", seed=0).net.p == chosen_p[pos]
 
 # %% [markdown]
@@ -1005,6 +1007,42 @@ plt.show()
 memorized = {c: np.mean([r["final_train_acc"] for r in study_recs if r["config"]["name"] == c])
              for c in STUDY.config_names}
 print("mean accuracy on the noisy training labels: " + ", ".join(f"{c} {100 * m:.1f} %" for c, m in memorized.items()))
+
+# %% [markdown]
+# **What the study finds.** All four contrasts of {prf:ref}`guideline-1`
+# are resolved in its favour after Holm's correction, in accuracy and in
+# test loss alike: P6 beats no dropout, the block input (P0), dropout after
+# the first BN-ReLU (P2) and dropout right before the second BN (P4). This
+# is the paper's ranking, found again on other data, in a regime chosen
+# beforehand because a regularizer can help there. Two things the paper's
+# Table 1 does not show:
+#
+# - **The gaps differ by an order of magnitude.** P6's lead over P2 is a
+#   small fraction of its lead over P4 or over no dropout; P2 itself helps
+#   a lot (exploratory: P2 − none above). The ranking holds, but "before a
+#   BN" is not one thing: P2 sits behind a ReLU and a convolution from the
+#   next BN, P4 right in front of it.
+# - **The positions that help are the ones that stop memorization.** At
+#   their chosen rates, P2 and P6 leave the networks far from fitting their
+#   wrong labels, and so does P0, whose accuracy swings widely from seed to
+#   seed. P4 tolerated only the smallest rate on validation and memorizes
+#   every label, as no dropout does. Dropout slowing the memorization of
+#   noisy labels is what {cite:t}`arpit2017closer` found; the variance
+#   shift of chapter 2 is one reason why a position right before a BN
+#   cannot take a rate large enough to do it.
+
+# %% tags=["hide-cell"]
+# Check: Guideline 1's four contrasts supported after Holm (accuracy and loss); the text's two observations.
+guideline1 = [c for c in primary if c.config == "P6"]
+assert len(guideline1) == 4 and all(c.verdict == compare.Verdict.SUPPORTS for c in guideline1), guideline1
+assert all(c.verdict == compare.Verdict.SUPPORTS for c in primary_nll if c.config == "P6"), primary_nll
+gap = {c.baseline: c.mean for c in guideline1}
+assert gap["P2"] < min(gap["P4"], gap["none"]) / 3, gap
+assert {c.config: c.verdict for c in explore}["P2"] == compare.Verdict.SUPPORTS
+assert max(memorized[c] for c in ("P0", "P2", "P6")) < 0.8 and min(memorized[c] for c in ("none", "P4")) > 0.99, memorized
+assert experiments.PLACEMENT_P["P4"] == min(experiments.PLACEMENT_GRID)
+p0_seeds = [r["final_test_acc"] for r in study_recs if r["config"]["name"] == "P0"]
+assert max(p0_seeds) - min(p0_seeds) > 0.05, p0_seeds                   # P0 swings from seed to seed
 
 # %% [markdown]
 # ### Does a record reproduce?
@@ -1110,10 +1148,13 @@ assert sum(b - a > floor for a, b in QUOTED_VARIANTS.values()) == 2
 # - **Choosing a regime is part of the experiment.** In the first regime no
 #   regularizer helped, and after Holm's correction no position was
 #   resolved from no dropout: a placement study there can only rank harm.
-# - **Accuracy where dropout helps**: the primary contrasts of the placement
-#   study, declared before its runs and corrected together, are in the table
-#   below (the forest plot of section 6 draws them). Everything else in
-#   section 6 is exploratory.
+# - **Accuracy where dropout helps**: in the noisy-label regime, where the
+#   positive control shows a regularizer helping, the placement study's four
+#   Guideline 1 contrasts, declared before its runs and corrected together
+#   with Guideline 2's by Holm, all support the guideline: P6 beats no
+#   dropout, P0, P2 and P4 (table below; section 6 draws them). P6's lead
+#   over P2 is small, its lead over P4 and no dropout large. Everything else
+#   in section 6 is exploratory.
 
 # %%
 verdict_frame = compare.frame(primary, quoted={k: ", ".join(f"{v:+.2f}" for v in d)
