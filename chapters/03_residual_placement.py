@@ -737,7 +737,7 @@ assert all(d < 0 for d in aug_effect.values()), aug_effect         # the positiv
 # In that regime the `residual` experiment trained dropout with $p = 0.1$
 # ($q = 0.9$) at one position in every block, five seeds per configuration
 # (records committed; how they were made is in the
-# [appendix](appendix_reproducing.md)). Each position is compared with no
+# {doc}`appendix <appendix_reproducing>`). Each position is compared with no
 # dropout seed by seed, and because eight comparisons share one baseline
 # they are judged together, with Holm's correction (chapter 0 explains
 # both). The forest plot puts the paper's four differences per position
@@ -1121,7 +1121,7 @@ assert sum(b - a > floor for a, b in QUOTED_VARIANTS.values()) == 2
 
 # %% [markdown]
 # Paper-scale records (PreResNet-20 on the whole training set, one GPU)
-# are made and shown in the [appendix](appendix_reproducing.md); none exist
+# are made and shown in the {doc}`appendix <appendix_reproducing>`; none exist
 # yet.
 
 # %% [markdown]

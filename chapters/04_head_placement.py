@@ -761,7 +761,7 @@ metrics.styled(quoted_frame, "Kim et al. (2023), Tables 5 and 6, quoted: test ac
 # (1,000 Fashion-MNIST training images, a PreResNet-8 of width 16 with the
 # head conv, 25 epochs): no dropout, dropout ($p = 0.1$) at each of H1–H7,
 # and H4 together with P6 in every residual block, five seeds each (records
-# committed; the [appendix](appendix_reproducing.md) says how they were
+# committed; the {doc}`appendix <appendix_reproducing>` says how they were
 # made). As in chapter 3, the eight comparisons with no dropout are judged
 # together (Holm).
 
@@ -949,7 +949,7 @@ assert check["ok"], check.get("gaps", check["summary"])
 
 # %% [markdown]
 # Paper-scale records (PreResNet-20 on the whole training set, one GPU) are
-# made and shown in the [appendix](appendix_reproducing.md); none exist yet.
+# made and shown in the {doc}`appendix <appendix_reproducing>`; none exist yet.
 
 # %% [markdown]
 # ## 7. An honest verdict
