@@ -1297,8 +1297,8 @@ assert identified == hidden_rules
 # ```
 #
 # Averaged over the masks, the squared error of one sample is
-# $\mathrm{E}_m[(y - w^\top (m \odot x)/q)^2] = (y - w^\top x)^2
-# + \tfrac{p}{q}\sum_j w_j^2 x_j^2$, by Eq. {eq}`eq-dropout-variance`
+# $\mathrm{E}_m[(y - w^\top (m \odot x)/q)^2] = (y - w^\top x)^2 +
+# \tfrac{p}{q}\sum_j w_j^2 x_j^2$, by Eq. {eq}`eq-dropout-variance`
 # applied to each term: dropout adds an L2 penalty on each weight, scaled by
 # the energy $\sum_i x_{ij}^2$ of its feature {cite:p}`srivastava2014dropout`.
 # For independent features the minimizer is least squares times

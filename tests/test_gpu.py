@@ -164,4 +164,4 @@ def test_a_sweep_run_on_cuda_records_the_gpu_fast_path(tmp_path):
     assert rec["fast_path"]["precision"] == "bf16" and rec["fast_path"]["channels_last"]
     assert rec["provenance"]["device"].startswith("cuda")
     assert rec["provenance"]["device_name"] == torch.cuda.get_device_name()
-    assert records.read_record(tmp_path / "residual" / "smoke" / "synthetic" / "P6-seed0.json") is not None
+    assert records.read_record(tmp_path / "residual" / "smoke" / "synthetic" / "P6-seed0.json", "residual", "smoke", "synthetic") is not None

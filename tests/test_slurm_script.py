@@ -115,7 +115,8 @@ def job(tmp_path, slurm):
 
 
 def _files(results: Path) -> list[Path]:
-    return sorted(p for p in results.rglob("*") if p.is_file())
+    """The files a sweep left, besides its folder lock (which stays, unlocked, by design)."""
+    return sorted(p for p in results.rglob("*") if p.is_file() and not p.name.startswith(".sweep.lock"))
 
 
 def _check_one_complete_record_per_run(results: Path, configs: list[str], logs: str):
@@ -145,7 +146,7 @@ def test_killed_task_resubmitted_alone_finishes_its_share(job, tmp_path):
 
     # Wait until task 1 has recorded a run and is still running, then cancel that task alone.
     deadline = time.monotonic() + WAIT_S
-    while not (any(records.read_record(p) for p in task1) and job.states().get(f"{jobid}_1") == "RUNNING"):
+    while not (any(records.read_record(p, *RECORDS) for p in task1) and job.states().get(f"{jobid}_1") == "RUNNING"):
         if time.monotonic() > deadline or (f"{jobid}_1" not in job.states() and any(p.exists() for p in task1)):
             pytest.fail(f"task 1 did not record a run while running within {WAIT_S} s\n{job.logs()}")
         time.sleep(0.1)
