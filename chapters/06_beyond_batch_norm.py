@@ -327,9 +327,7 @@ norm_family = compare.correct([*compare.against_baselines(norm_recs), *norm_p4p6
                               family="norm comparisons")
 norm_by = {c.name: c for c in norm_family}
 fig, ax = plots.forest(norm_family, f"norm: {sum(c.resolved != 0 for c in norm_family)} of {len(norm_family)} "
-                       "comparisons resolved after Holm", xlabel="test accuracy difference (points)")
-for a in fig.axes:
-    a.get_legend().set(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+                       "comparisons resolved after Holm", legend_outside=True, xlabel="test accuracy difference (points)")
 fig.tight_layout()
 plt.show()
 
@@ -510,9 +508,7 @@ vit_family = compare.correct([replace(c, claim=f"ViT: dropout at {c.config} help
                               for c in compare.against_baselines(vit_recs)], family="vit comparisons")
 vit_by = {c.config: c for c in vit_family}
 fig, ax = plots.forest(vit_family, f"ViT: {sum(c.resolved != 0 for c in vit_family)} of {len(vit_family)} "
-                       "positions resolved after Holm", xlabel="test accuracy, T position minus no dropout (points)")
-for a in fig.axes:
-    a.get_legend().set(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+                       "positions resolved after Holm", legend_outside=True, xlabel="test accuracy, T position minus no dropout (points)")
 fig.tight_layout()
 plt.show()
 
@@ -667,9 +663,7 @@ dp_pairs = dict.fromkeys((f"{pos}-p{at[pos]:g}", other if other == "none" else f
 dp_family = compare.correct([compare.compare(dp_recs, a, b, claim=f"{a} beats {b}") for a, b in dp_pairs],
                             family="DropPath comparisons")
 fig, ax = plots.forest(dp_family, f"DropPath: {sum(c.resolved != 0 for c in dp_family)} of {len(dp_family)} "
-                       "comparisons resolved after Holm", xlabel="test accuracy difference (points)")
-for a in fig.axes:
-    a.get_legend().set(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+                       "comparisons resolved after Holm", legend_outside=True, xlabel="test accuracy difference (points)")
 fig.tight_layout()
 plt.show()
 
@@ -804,11 +798,9 @@ early_family = compare.correct(early_raw, family="early comparisons")
 early_by = {c.claim: c for c in early_family}
 fig, axes = plt.subplots(1, 2, figsize=(14, 4.2))
 plots.forest([c for c in early_family if c.metric == "final_test_acc"], "Early dropout: test accuracy", ax=axes[0],
-             xlabel="test accuracy difference (points)")
+             legend_outside=True, xlabel="test accuracy difference (points)")
 plots.forest([c for c in early_family if c.metric == "final_train_loss"], "Early dropout: final training loss",
-             ax=axes[1], scale=1.0, unit="nats", xlabel="training loss difference (nats; below zero: the first is lower)")
-for a in fig.axes:
-    a.get_legend().set(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+             ax=axes[1], scale=1.0, unit="nats", legend_outside=True, xlabel="training loss difference (nats; below zero: the first is lower)")
 fig.tight_layout()
 plt.show()
 
@@ -874,11 +866,9 @@ claims6 = [
     early_by["underfitting: early dropout helps"], early_by["overfitting: early dropout helps"],
 ]
 fig, ax = plots.forest(claims6, f"Chapter 6's accuracy claims: {sum(c.verdict == compare.Verdict.SUPPORTS for c in claims6)}"
-                       f" of {len(claims6)} supported after Holm", xlabel="test accuracy difference (points)")
+                       f" of {len(claims6)} supported after Holm", legend_outside=True, xlabel="test accuracy difference (points)")
 ax.set_yticklabels([c.claim for c in claims6], fontsize=8)
 fig.set_size_inches(9.5, fig.get_figheight())
-for a in fig.axes:
-    a.get_legend().set(loc="upper left", bbox_to_anchor=(1.01, 1.0))
 fig.tight_layout()
 plt.show()
 

@@ -123,3 +123,14 @@ def test_the_head_diagram_leaves_out_flatten_but_the_head_has_it() -> None:
 def test_resnetv1_diagram_draws_the_relu_after_the_addition() -> None:
     assert "ReLU → out" in plots.texts(plots.position_diagram("resnetv1"))
     assert "out" in plots.texts(plots.position_diagram("preresnet"))
+
+
+def test_a_forest_legend_outside_covers_no_row():
+    from droplab import compare
+
+    rows = [compare.of_values([0.02, 0.03, 0.01], [0.0, 0.0, 0.0], config=f"P{i}", baseline="none") for i in range(3)]
+    fig, ax = plots.forest(rows, "legend beside the plot", legend_outside=True)
+    fig.canvas.draw()
+    legend, axes = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert legend.x0 >= axes.x1        # right of the plotting area, over none of its rows
+    plt.close(fig)

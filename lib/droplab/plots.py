@@ -255,12 +255,14 @@ def forest(
     quoted: dict[str, Sequence[float]] | None = None,
     quoted_label: str = "Kim et al. (quoted)",
     xlabel: str | None = None,
+    legend_outside: bool = False,
 ) -> tuple[Any, Any]:
     """A forest plot of comparisons (:class:`droplab.compare.Comparison`): one row each, top
     down, the mean difference as a dot coloured by its verdict, its interval as a bar (the level
     each was drawn at is in the legend), the zero line, and the differences ``quoted`` from a
     paper (keyed by the comparison's name, e.g. ``"P6 − none"``) as open diamonds. ``scale`` turns fractions into
-    ``unit`` (percent points by default). Returns ``(fig, ax)``."""
+    ``unit`` (percent points by default); ``legend_outside`` puts the legend right of the plot, where it
+    covers no row. Returns ``(fig, ax)``."""
     comparisons = list(comparisons)
     if not comparisons:
         raise ValueError("a forest plot needs at least one comparison")
@@ -293,7 +295,8 @@ def forest(
     ax.set_yticklabels([c.name for c in comparisons])
     ax.grid(True, axis="x", alpha=STYLE["grid.alpha"])
     ax.grid(False, axis="y")
-    ax.legend(title=f"interval: {', '.join(f'{lv:g} %' for lv in levels)}", loc="best")
+    place = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)} if legend_outside else {"loc": "best"}
+    ax.legend(title=f"interval: {', '.join(f'{lv:g} %' for lv in levels)}", **place)
     fig.tight_layout()
     return fig, ax
 
